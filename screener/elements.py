@@ -1,0 +1,219 @@
+"""Data element catalogue: the vocabulary shared by rules, normalizer and adapters.
+
+Pipeline position: *beside* the pipeline. The validator checks rule files against these names,
+the normalizer checks patient data against their types, units and plausible ranges, and the
+adapters (FHIR, registry tables) map outside codes onto them. Adding a data element means adding
+one entry here (and, for a new code system mapping, its codes); no other code changes.
+
+Kinds:
+  quantity   a number with a canonical unit, optional unit conversions and a plausible range.
+             ``uln=True`` marks lab results whose reference range gives an upper limit of normal,
+             so rules may compare ``x_uln``.
+  coded      one of a closed set of values (serology results, donor type, ...).
+  boolean    true / false (pregnant, childbearing potential, ...).
+  condition  a diagnosis or event: present, with onset / abatement dates.
+  exposure   a prior therapy; rules use its cumulative days.
+  derived    computed from demographics (age).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal, Mapping
+
+Kind = Literal["quantity", "coded", "boolean", "condition", "exposure", "derived"]
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+#: Project CodeSystem for data that has no standard code (documented in docs/data-elements.md).
+PROJECT = "urn:screener:data-element"
+
+
+@dataclass(frozen=True)
+class Element:
+    name: str
+    kind: Kind
+    label: str
+    unit: str | None = None
+    #: unit spelling (normalised: lower case, no spaces) -> factor to the canonical unit
+    units: Mapping[str, Fraction] = field(default_factory=dict)
+    #: inclusive plausible range in the canonical unit; values outside are data issues
+    plausible: tuple[float, float] | None = None
+    integer: bool = False
+    uln: bool = False
+    values: tuple[str, ...] = ()
+    loinc: tuple[str, ...] = ()
+    snomed: tuple[str, ...] = ()
+    #: ICD-10 code prefixes (a code matches when it starts with one of them, dots ignored)
+    icd10: tuple[str, ...] = ()
+
+
+def _f(x: str) -> Fraction:
+    return Fraction(x)
+
+
+_ONE = Fraction(1)
+_PERCENT = {"%": _ONE, "percent": _ONE}
+_SCORE = {"{score}": _ONE, "score": _ONE, "": _ONE, "1": _ONE}
+_ENZYME = {"u/l": _ONE, "iu/l": _ONE, "[iu]/l": _ONE, "units/l": _ONE, "unit/l": _ONE,
+           "ukat/l": _f("60"), "µkat/l": _f("60")}
+_POSNEG = ("positive", "negative", "indeterminate")
+_DETECT = ("detected", "not_detected")
+
+ELEMENTS: dict[str, Element] = {e.name: e for e in [
+    # --- demographics -----------------------------------------------------------------------
+    Element("age", "derived", "age in completed years at as_of", unit="a", plausible=(0, 130),
+            integer=True),
+    Element("sex", "coded", "administrative sex", values=("female", "male", "other", "unknown")),
+    # --- performance and comorbidity scores -------------------------------------------------
+    Element("ecog", "quantity", "ECOG performance status", unit="{score}", units=_SCORE,
+            plausible=(0, 5), integer=True, loinc=("89247-1",)),
+    Element("karnofsky", "quantity", "Karnofsky performance status", unit="{score}",
+            units=_SCORE, plausible=(0, 100), integer=True, loinc=("89243-0",)),
+    Element("hct_ci", "quantity", "HCT-CI comorbidity score", unit="{score}", units=_SCORE,
+            plausible=(0, 30), integer=True),
+    # --- organ function: labs with reference ranges -----------------------------------------
+    Element("alt", "quantity", "alanine aminotransferase (ALT)", unit="U/L", units=_ENZYME,
+            plausible=(0, 100000), uln=True, loinc=("1742-6",)),
+    Element("ast", "quantity", "aspartate aminotransferase (AST)", unit="U/L", units=_ENZYME,
+            plausible=(0, 100000), uln=True, loinc=("1920-8",)),
+    Element("bilirubin_total", "quantity", "total bilirubin", unit="mg/dL",
+            units={"mg/dl": _ONE, "umol/l": 1 / _f("17.1"), "µmol/l": 1 / _f("17.1"),
+                   "mmol/l": 1000 / _f("17.1")},
+            plausible=(0, 100), uln=True, loinc=("1975-2", "14631-6", "42719-5")),
+    Element("creatinine", "quantity", "serum creatinine", unit="mg/dL",
+            units={"mg/dl": _ONE, "umol/l": 1 / _f("88.4"), "µmol/l": 1 / _f("88.4"),
+                   "mmol/l": 1000 / _f("88.4")},
+            plausible=(0, 50), uln=True, loinc=("2160-0", "14682-9", "38483-4")),
+    # BUN and urea are one element: the protocols say "BUN" and labs report either. A x ULN
+    # comparison uses the result's own reference range, so the analyte's unit never matters there.
+    Element("bun", "quantity", "urea nitrogen (BUN) or urea", unit="mg/dL",
+            units={"mg/dl": _ONE, "mmol/l": 1 / _f("0.357")},
+            plausible=(0, 500), uln=True,
+            loinc=("3094-0", "14937-7", "6299-2", "22664-7", "3091-6")),
+    Element("creatinine_clearance", "quantity", "creatinine clearance or eGFR", unit="mL/min",
+            units={"ml/min": _ONE, "ml/min/1.73m2": _ONE, "ml/min/{1.73_m2}": _ONE},
+            plausible=(0, 300), loinc=("35591-7", "2164-2", "33914-3", "62238-1")),
+    # --- cardiac and pulmonary function -----------------------------------------------------
+    Element("lvef", "quantity", "left ventricular ejection fraction", unit="%", units=_PERCENT,
+            plausible=(0, 100),
+            loinc=("10230-1", "18043-0", "8806-2", "8807-0", "8808-8", "8811-2", "8812-0")),
+    Element("fev1_pct_pred", "quantity", "FEV1 % predicted", unit="%", units=_PERCENT,
+            plausible=(0, 250), loinc=("20152-5", "20151-7")),
+    Element("fvc_pct_pred", "quantity", "FVC % predicted", unit="%", units=_PERCENT,
+            plausible=(0, 250), loinc=("19872-1",)),
+    Element("dlco_pct_pred", "quantity", "DLCO % predicted", unit="%", units=_PERCENT,
+            plausible=(0, 250), loinc=("98130-8",)),
+    # --- leukemia ---------------------------------------------------------------------------
+    Element("marrow_blasts_pct", "quantity", "bone marrow blasts", unit="%", units=_PERCENT,
+            plausible=(0, 100), loinc=("11150-0",)),
+    Element("cd19_pct", "quantity", "CD19-positive leukemic cells (flow cytometry)", unit="%",
+            units=_PERCENT, plausible=(0, 100)),
+    Element("bcr_abl1", "coded", "BCR-ABL1 fusion (molecular)", values=_POSNEG,
+            loinc=("21821-4", "49795-8", "42714-6")),
+    Element("disease_status", "coded", "disease status at screening",
+            values=("newly_diagnosed", "relapsed", "refractory", "remission")),
+    Element("cns_status", "coded", "CNS involvement (CNS1 = none, CNS2/CNS3 = involved)",
+            values=("cns1", "cns2", "cns3")),
+    Element("b_all", "condition", "B-cell acute lymphoblastic leukemia",
+            snomed=("277571004", "91857003"), icd10=("C910",)),
+    Element("cns_leukemia", "condition", "central nervous system leukemia"),
+    # --- transplant donor -------------------------------------------------------------------
+    Element("donor_type", "coded", "best available stem-cell donor",
+            values=("matched_sibling", "unrelated", "haploidentical", "cord", "none")),
+    Element("donor_hla_match", "quantity", "donor-recipient HLA match (alleles out of 10)",
+            unit="/10", units={"/10": _ONE, "": _ONE, "{match}": _ONE},
+            plausible=(0, 10), integer=True),
+    # --- infection --------------------------------------------------------------------------
+    Element("hbsag", "coded", "hepatitis B surface antigen", values=_POSNEG,
+            loinc=("5196-1", "5195-3", "7905-3")),
+    Element("hbcab", "coded", "hepatitis B core antibody (total)", values=_POSNEG,
+            loinc=("16933-4", "13952-7")),
+    Element("hbv_dna", "coded", "HBV DNA in peripheral blood", values=_DETECT,
+            loinc=("42595-9", "29615-2", "48398-2", "29610-3")),
+    Element("hcv_ab", "coded", "hepatitis C antibody", values=_POSNEG,
+            loinc=("16128-1", "13955-0")),
+    Element("hcv_rna", "coded", "HCV RNA", values=_DETECT,
+            loinc=("11011-4", "20416-4", "38180-6", "11259-9")),
+    Element("hiv_ab", "coded", "HIV-1/2 antibody", values=_POSNEG,
+            loinc=("7918-6", "31201-7", "56888-1")),
+    Element("syphilis_nontreponemal", "coded", "syphilis non-treponemal test (RPR / TRUST / VDRL)",
+            values=_POSNEG, loinc=("20507-0", "31147-2", "5292-8")),
+    Element("active_infection", "condition", "active bacterial, viral or fungal infection "
+            "requiring treatment"),
+    Element("hiv_infection", "condition", "HIV infection", snomed=("86406008",),
+            icd10=("B20", "Z21")),
+    # --- reproduction -----------------------------------------------------------------------
+    Element("pregnant", "boolean", "currently pregnant", loinc=("82810-3",)),
+    Element("lactating", "boolean", "currently breastfeeding"),
+    Element("childbearing_potential", "boolean", "of childbearing potential (or partner of)"),
+    # --- cardiovascular and other comorbidities ---------------------------------------------
+    Element("myocardial_infarction", "condition", "myocardial infarction",
+            snomed=("22298006",), icd10=("I21", "I22")),
+    Element("heart_failure", "condition", "congestive / chronic heart failure",
+            snomed=("84114007", "42343007", "88805009"), icd10=("I50",)),
+    Element("unstable_angina", "condition", "unstable angina", snomed=("4557003",),
+            icd10=("I200",)),
+    Element("severe_arrhythmia", "condition", "clinically significant arrhythmia (e.g. VF, VT)",
+            snomed=("71908006", "25569003"), icd10=("I470", "I472", "I490")),
+    Element("uncontrolled_hypertension", "condition",
+            "uncontrolled hypertension, hypertensive crisis or encephalopathy",
+            icd10=("I16", "I674")),
+    Element("arterial_thrombosis", "condition", "arterial thrombosis (stroke, TIA)",
+            snomed=("230690007", "422504002", "266257000"), icd10=("I63", "I61", "I64", "G45")),
+    Element("dvt", "condition", "deep vein thrombosis", snomed=("128053003",),
+            icd10=("I824", "I825")),
+    Element("pulmonary_embolism", "condition", "pulmonary embolism", snomed=("59282003",),
+            icd10=("I26",)),
+    Element("high_risk_cv_procedure", "condition",
+            "coronary angioplasty, defibrillation or other high-risk cardiovascular procedure"),
+    Element("respiratory_insufficiency", "condition", "severe respiratory insufficiency",
+            icd10=("J96",)),
+    Element("gi_bleeding", "condition", "active gastrointestinal bleeding", icd10=("K922",)),
+    Element("decompensated_liver", "condition", "decompensated liver dysfunction",
+            icd10=("K7211", "K7291", "K767")),
+    Element("renal_dysfunction", "condition", "severe renal dysfunction",
+            icd10=("N17", "N185", "N186")),
+    Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction"),
+    Element("epilepsy_requiring_therapy", "condition", "epilepsy requiring therapy",
+            snomed=("84757009",), icd10=("G40",)),
+    Element("blinatumomab_hypersensitivity", "condition",
+            "hypersensitivity to blinatumomab or its components"),
+    # --- prior therapy ----------------------------------------------------------------------
+    Element("blinatumomab", "exposure", "blinatumomab administration", unit="d",
+            plausible=(0, 3650), integer=True),
+]}
+
+#: Fields of a patient record that are demographics, not element observations.
+DEMOGRAPHIC = frozenset({"age", "sex"})
+
+
+def by_loinc() -> dict[str, str]:
+    """LOINC code -> element name (each code belongs to one element)."""
+    out: dict[str, str] = {}
+    for e in ELEMENTS.values():
+        for code in e.loinc:
+            out[code] = e.name
+    return out
+
+
+def condition_for(system: str, code: str) -> str | None:
+    """Map a SNOMED CT or ICD-10(-CM) code to a condition element name, or None."""
+    norm = code.replace(".", "").strip().upper()
+    for e in ELEMENTS.values():
+        if e.kind != "condition":
+            continue
+        if system == SNOMED and code in e.snomed:
+            return e.name
+        if system in (ICD10, ICD10CM) and any(norm.startswith(p) for p in e.icd10):
+            return e.name
+        if system == PROJECT and code == e.name:
+            return e.name
+    return None
+
+
+def normalise_unit(unit: str | None) -> str:
+    return (unit or "").replace(" ", "").replace("μ", "µ").lower()

@@ -1,0 +1,120 @@
+"""Stage 5: run compiled rulesets on durable_rules. The ONLY module that imports durable.
+
+How the engine is used, and why (see docs/engine.md and shared notes on durable_rules 2.0.28):
+
+* We drive the C binding (`durable_rules_engine`) directly with the JSON ruleset the DSL would
+  produce. No `Host`: its two timer threads run pending actions of any session and were measured
+  to give wrong verdict sets and segfaults. We register no Python actions (19 us per callback);
+  fired rule names are read through `start_action_for_state` / `complete_and_start_action`.
+* Facts, not events: an event is consumed by the first rule that fires; a fact fires every
+  matching rule, and each criterion needs its own rules to fire.
+* One session alive at a time per engine, with a fixed session id, deleted in `finally`: sids are
+  matched by a 32-bit hash and a ruleset holds at most 1024 sessions.
+* Several patients may share one session (`screen_many`): each patient is one fact with its own
+  `id`, fired rules carry the fact back, and rules never join facts, so patients cannot interact.
+* The C code holds the GIL and is not thread-safe: a lock serialises calls. Scale with processes.
+* A ruleset name can be registered once and never replaced: each ruleset is registered under a
+  name that includes its hash, and `close()` frees it with `delete_ruleset`.
+* Values reaching the engine are integers (scaled) or short known strings, made so by the
+  normalizer; anything else is refused before it gets here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from typing import Any, Iterable, Sequence
+
+import durable_rules_engine as _dre
+
+from .errors import ScreenerError
+
+ENGINE_VERSION = "durable_rules 2.0.28"
+_SID = "1"
+_counter = itertools.count()
+_lock = threading.RLock()
+
+
+class EngineError(ScreenerError):
+    pass
+
+
+class Ruleset:
+    """One registered durable_rules ruleset."""
+
+    def __init__(self, name: str, definition: dict[str, Any]):
+        self.name = f"{name}#{next(_counter)}"
+        self.rule_names = frozenset(definition)
+        with _lock:
+            try:
+                self._handle = _dre.create_ruleset(self.name, json.dumps(definition))
+            except Exception as e:  # the binding raises plain Exception with a code
+                raise EngineError(f"durable_rules refused ruleset {name!r}: {e}") from e
+        self._closed = False
+
+    def close(self) -> None:
+        with _lock:
+            if not self._closed:
+                self._closed = True
+                _dre.delete_ruleset(self._handle)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def fired(self, fact: dict[str, Any]) -> set[str]:
+        """Names of the rules that fire for one fact."""
+        return self.fired_many([fact])[0]
+
+    def fired_many(self, facts: Sequence[dict[str, Any]]) -> list[set[str]]:
+        """Names of fired rules, per fact. Facts must not contain 'sid' or 'id'."""
+        if not facts:
+            return []
+        out: list[set[str]] = [set() for _ in facts]
+        payload = [dict(f, sid=_SID, id=str(i)) for i, f in enumerate(facts)]
+        with _lock:
+            if self._closed:
+                raise EngineError(f"ruleset {self.name} is closed")
+            try:
+                try:
+                    result = _dre.assert_facts(self._handle, json.dumps(payload))
+                except Exception as e:
+                    if len(facts) == 1:
+                        raise EngineError(f"durable_rules rejected the fact: {e}") from e
+                    # isolate the bad fact: retry one by one in fresh sessions
+                    self._delete()
+                    return self._one_by_one(facts)
+                state_handle = result[1]
+                msg = _dre.start_action_for_state(self._handle, state_handle)
+                if msg:
+                    self._collect(msg[1], out)
+                    nxt = _dre.complete_and_start_action(self._handle, state_handle)
+                    while nxt:
+                        self._collect(nxt, out)
+                        nxt = _dre.complete_and_start_action(self._handle, state_handle)
+            finally:
+                self._delete()
+        return out
+
+    def _one_by_one(self, facts: Iterable[dict[str, Any]]) -> list[set[str]]:
+        res: list[set[str]] = []
+        for f in facts:
+            try:
+                res.append(self.fired_many([f])[0])
+            except EngineError:
+                res.append({"__rejected__"})
+        return res
+
+    @staticmethod
+    def _collect(raw: str, out: list[set[str]]) -> None:
+        for rule, binding in json.loads(raw).items():
+            out[int(binding["m"]["id"])].add(rule)
+
+    def _delete(self) -> None:
+        try:
+            _dre.delete_state(self._handle, _SID)
+        except Exception:
+            pass  # no state was created (e.g. the fact matched no rule)

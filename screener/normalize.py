@@ -1,0 +1,635 @@
+"""Canonical patient JSON -> engine facts, with evidence and data issues.
+
+Pipeline position: after the adapters (FHIR, registry tables) and before the engine. Two steps:
+
+* `prepare(patient, as_of)` cleans the record once: every value is type-checked, converted to the
+  element's canonical unit, range-checked, and dated; anything unusable becomes a `DataIssue`
+  (never an exception, never a silent drop).
+* `fill(prepared, trial)` computes, for each slot the trial's rules read, one engine value
+  (integer code or short string) plus the evidence behind it, or leaves the slot *absent* with
+  the reason it is unknown. Absent slots are how "unknown" reaches the engine.
+
+Decisions that matter clinically (each documented in docs/rules.md):
+* newest result inside the window counts; a newer result never loses to an older one, and a
+  newest result that cannot be used (no reference range for x ULN) makes the slot unknown rather
+  than falling back to an older result;
+* two different values at the same newest timestamp are a conflict: unknown;
+* censored values (`<20`), indeterminate serology and unknown sex are unknown;
+* absence of a condition is proven only by a documented negative or a fresh complete review.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, Mapping
+
+from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_for, \
+    normalise_unit
+from .errors import DataIssue, PatientDataError
+from .ir import Slot, Trial, encode_number, slots_of
+
+MAX_ENTRIES = 50_000
+_LOINC = by_loinc()
+_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_DATE = re.compile(r"^(\d{4})(-(\d{2})(-(\d{2}))?)?")
+_OK_STATUS = {"final", "amended", "corrected", "appended"}
+_ACTIVE = {"active", "recurrence", "relapse"}
+_ENDED = {"inactive", "remission", "resolved"}
+_NEVER = {"refuted", "entered-in-error"}
+_DOUBTFUL = {"provisional", "differential", "unconfirmed"}
+_UNINFORMATIVE = {"unknown", "indeterminate", "equivocal", "inconclusive", "borderline",
+                  "not_tested", "unk"}
+_SYNONYMS = {
+    "pos": "positive", "+": "positive", "reactive": "positive", "present": "positive",
+    "neg": "negative", "-": "negative", "nonreactive": "negative", "non-reactive": "negative",
+    "non_reactive": "negative", "absent": "negative",
+    "not detected": "not_detected", "undetected": "not_detected", "notdetected": "not_detected",
+    "m": "male", "f": "female",
+}
+_POSNEG_TO_DETECT = {"positive": "detected", "negative": "not_detected"}
+_DETECT_TO_POSNEG = {"detected": "positive", "not_detected": "negative"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    element: str
+    value: Fraction | str
+    stamp: str           # ISO date or date-time as given, for ordering ties
+    day: date
+    uln: Fraction | None  # canonical unit
+    shown: str           # value and unit as recorded
+    source: str
+    loc: str
+
+
+@dataclass(frozen=True)
+class CondRecord:
+    element: str
+    onset: date | None
+    abatement: date | None
+    clinical: str | None
+    doubtful: bool
+    source: str
+    loc: str
+
+
+@dataclass(frozen=True)
+class Exposure:
+    element: str
+    days: int | None
+    start: date | None
+    source: str
+    loc: str
+
+
+@dataclass
+class Prepared:
+    patient_id: str | None
+    as_of: date
+    age: tuple[int, int] | None = None      # min and max possible age at as_of
+    age_source: str = ""
+    sex: str | None = None
+    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    conditions: dict[str, list[CondRecord]] = field(default_factory=dict)
+    negatives: dict[str, list[tuple[date, str]]] = field(default_factory=dict)
+    exposures: dict[str, list[Exposure]] = field(default_factory=dict)
+    reviewed: dict[str, date] = field(default_factory=dict)
+    issues: list[DataIssue] = field(default_factory=list)
+
+    def issue(self, loc: str, code: str, msg: str, element: str | None = None) -> None:
+        self.issues.append(DataIssue(loc, code, msg, element))
+
+
+def parse_date(raw: Any) -> tuple[date | None, bool]:
+    """ISO date / date-time -> (date, complete). A partial date returns its first day and
+    complete=False. Time and zone are ignored: the calendar date as recorded counts."""
+    if not isinstance(raw, str):
+        return None, False
+    m = _DATE.match(raw.strip())
+    if not m:
+        return None, False
+    rest = raw.strip()[m.end():]
+    if rest and not rest.startswith("T"):
+        return None, False
+    try:
+        y, mo, d = int(m.group(1)), int(m.group(3) or 1), int(m.group(5) or 1)
+        return date(y, mo, d), bool(m.group(5))
+    except ValueError:
+        return None, False
+
+
+def parse_number(raw: Any) -> Fraction | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return Fraction(raw)
+    if isinstance(raw, float):
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            return None
+        return Fraction(Decimal(repr(raw)))
+    if isinstance(raw, str) and _DECIMAL.match(raw.strip()) and len(raw) <= 40:
+        try:
+            return Fraction(Decimal(raw.strip()))
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _fmt(x: Fraction) -> str:
+    if x.denominator == 1:
+        return str(x.numerator)
+    s = f"{float(x):.6f}".rstrip("0").rstrip(".")
+    return s
+
+
+def _years_between(born: date, on: date) -> int:
+    had_birthday = (on.month, on.day) >= (born.month, born.day)
+    return on.year - born.year - (0 if had_birthday else 1)
+
+
+def prepare(patient: Any, as_of: date) -> Prepared:
+    if not isinstance(patient, Mapping):
+        raise PatientDataError((), f"patient must be a JSON object, got {type(patient).__name__}",
+                               "type_error")
+    pid = patient.get("id")
+    prep = Prepared(patient_id=str(pid) if isinstance(pid, (str, int)) and
+                    not isinstance(pid, bool) else None, as_of=as_of)
+    _demographics(prep, patient)
+    for name, fn in (("observations", _observation), ("conditions", _condition),
+                     ("exposures", _exposure)):
+        items = patient.get(name, [])
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise PatientDataError((name,), f"{name} must be a list", "type_error")
+        if len(items) > MAX_ENTRIES:
+            raise PatientDataError((name,), f"too many {name} ({len(items)} > {MAX_ENTRIES})",
+                                   "too_large")
+        for i, item in enumerate(items):
+            loc = f"{name}[{i}]"
+            if not isinstance(item, Mapping):
+                prep.issue(loc, "type", f"expected an object, got {type(item).__name__}")
+                continue
+            fn(prep, item, loc)
+    rev = patient.get("reviewed")
+    if isinstance(rev, Mapping):
+        for k in ("conditions", "exposures"):
+            if k in rev:
+                d, complete = parse_date(rev[k])
+                if d is None or not complete:
+                    prep.issue(f"reviewed.{k}", "date", f"unusable review date {rev[k]!r}")
+                elif d > as_of:
+                    prep.issue(f"reviewed.{k}", "after_as_of",
+                               f"review dated {d} is after as_of {as_of}; ignored")
+                else:
+                    prep.reviewed[k] = d
+    elif rev is not None:
+        prep.issue("reviewed", "type", "reviewed must be an object of dates")
+    for lst in prep.readings.values():
+        lst.sort(key=lambda r: (r.stamp, r.loc), reverse=True)
+    return prep
+
+
+def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
+    as_of = prep.as_of
+    if "birth_date" in p and p["birth_date"] is not None:
+        raw = p["birth_date"]
+        d, complete = parse_date(raw)
+        if d is None:
+            prep.issue("birth_date", "date", f"unusable birth date {raw!r}", "age")
+        elif d > as_of:
+            prep.issue("birth_date", "implausible", f"birth date {raw} is after as_of {as_of}",
+                       "age")
+        else:
+            if complete:
+                lo = hi = _years_between(d, as_of)
+            else:
+                # partial date: youngest if born at the end of the period, oldest at its start
+                last = (date(d.year, 12, 31) if len(str(raw).strip()) == 4 else
+                        (date(d.year + (d.month == 12), d.month % 12 + 1, 1) - timedelta(days=1)))
+                hi = _years_between(d, as_of)
+                lo = _years_between(min(last, as_of), as_of)
+            if hi > 130:
+                prep.issue("birth_date", "implausible", f"age {hi} at as_of is implausible", "age")
+            else:
+                prep.age, prep.age_source = (lo, hi), f"birth_date {raw}"
+    elif "age" in p and p["age"] is not None:
+        raw = p["age"]
+        n = parse_number(raw) if not isinstance(raw, str) else None
+        if n is None or n.denominator != 1 or not 0 <= n <= 130:
+            prep.issue("age", "value", f"unusable age {raw!r} (whole years 0-130)", "age")
+        else:
+            prep.age, prep.age_source = (int(n), int(n)), "age (given)"
+    sex = p.get("sex")
+    if sex is not None:
+        s = _SYNONYMS.get(str(sex).strip().lower(), str(sex).strip().lower()) \
+            if isinstance(sex, str) else None
+        if s in ("female", "male", "other"):
+            prep.sex = s
+        elif s not in _UNINFORMATIVE:
+            prep.issue("sex", "value", f"unusable sex {sex!r} (female, male, other, unknown)",
+                       "sex")
+
+
+def _element_of(item: Mapping[str, Any]) -> str | None:
+    el = item.get("element")
+    if isinstance(el, str):
+        return el if el in ELEMENTS else None
+    codes = item.get("codes")
+    if codes is None and "code" in item:
+        codes = [item["code"]]
+    if not isinstance(codes, list):
+        return None
+    for c in codes:
+        if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+            system = c.get("system")
+            if system == LOINC and c["code"] in _LOINC:
+                return _LOINC[c["code"]]
+            if system == PROJECT and c["code"] in ELEMENTS:
+                return str(c["code"])
+            if isinstance(system, str):
+                cond = condition_for(system, c["code"])
+                if cond:
+                    return cond
+    return None
+
+
+def _dated(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
+           element: str) -> tuple[date, str] | None:
+    raw = item.get(key)
+    d, _ = parse_date(raw)
+    if d is None:
+        prep.issue(f"{loc}.{key}", "date", f"missing or unusable date {raw!r}", element)
+        return None
+    if d > prep.as_of:
+        prep.issue(f"{loc}.{key}", "after_as_of",
+                   f"dated {d}, after as_of {prep.as_of}: not used", element)
+        return None
+    return d, str(raw)
+
+
+def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
+    name = _element_of(item)
+    if name is None:
+        prep.issue(loc, "unmapped", f"unknown element or code {item.get('element') or item.get('code') or item.get('codes')!r}")
+        return
+    el = ELEMENTS[name]
+    if el.kind in ("condition", "exposure") or name in DEMOGRAPHIC:
+        prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
+        return
+    status = item.get("status")
+    if status is not None and status not in _OK_STATUS:
+        prep.issue(loc, "status", f"status {status!r} does not count (final results only)", name)
+        return
+    when = _dated(prep, item, "date", loc, name)
+    if when is None:
+        return
+    day, stamp = when
+    source = str(item.get("source") or loc)
+    raw = item.get("value")
+    if item.get("comparator") not in (None, "", "="):
+        prep.issue(loc, "censored", f"censored value {item.get('comparator')}{raw}: cannot "
+                   "decide a threshold", name)
+        return
+    value: Fraction | str | None
+    uln: Fraction | None = None
+    shown = ""
+    if el.kind == "quantity":
+        value, uln, shown = _quantity(prep, el, item, loc)
+        if value is None:
+            return
+    elif el.kind == "boolean":
+        value = _boolean(raw)
+        if value is None:
+            prep.issue(loc, "value", f"{name} must be true or false, got {raw!r}", name)
+            return
+        shown = value
+    else:
+        value = _coded(el, raw)
+        if value is None:
+            prep.issue(loc, "value", f"unusable value {raw!r} for {name} "
+                       f"({', '.join(el.values)})", name)
+            return
+        if value in _UNINFORMATIVE:
+            prep.issue(loc, "indeterminate", f"{name} result is {value}", name)
+            return
+        shown = value
+    prep.readings.setdefault(name, []).append(
+        Reading(name, value, stamp, day, uln, shown, source, loc))
+
+
+def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any],
+              loc: str) -> tuple[Fraction | None, Fraction | None, str]:
+    raw = item.get("value")
+    n = parse_number(raw)
+    if n is None:
+        prep.issue(f"{loc}.value", "value", f"{el.name} needs a finite number, got {raw!r}",
+                   el.name)
+        return None, None, ""
+    unit_raw = item.get("unit")
+    unit = normalise_unit(unit_raw if isinstance(unit_raw, str) else None)
+    factor = el.units.get(unit)
+    if factor is None:
+        prep.issue(f"{loc}.unit", "unit", f"unknown unit {unit_raw!r} for {el.name} "
+                   f"(accepted: {', '.join(sorted(u for u in el.units if u))})", el.name)
+        return None, None, ""
+    value = n * factor
+    lo, hi = el.plausible or (None, None)
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        prep.issue(f"{loc}.value", "implausible",
+                   f"{el.name} {_fmt(n)} {unit_raw or ''} is outside the plausible range "
+                   f"{lo}-{hi} {el.unit}", el.name)
+        return None, None, ""
+    if el.integer and value.denominator != 1:
+        prep.issue(f"{loc}.value", "value", f"{el.name} must be a whole number, got {raw!r}",
+                   el.name)
+        return None, None, ""
+    uln = None
+    rr = item.get("reference_range")
+    if el.uln and isinstance(rr, Mapping) and rr.get("high") is not None:
+        high = parse_number(rr.get("high"))
+        rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
+        rfactor = el.units.get(normalise_unit(rr_unit if isinstance(rr_unit, str) else None))
+        if high is None or high <= 0 or rfactor is None:
+            prep.issue(f"{loc}.reference_range", "reference_range",
+                       f"unusable upper limit {rr.get('high')!r} {rr_unit or ''}", el.name)
+        else:
+            uln = high * rfactor
+    shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
+    return value, uln, shown
+
+
+def _boolean(raw: Any) -> str | None:
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "false", "no"):
+        return "true" if raw.strip().lower() in ("true", "yes") else "false"
+    return None
+
+
+def _coded(el: Element, raw: Any) -> str | None:
+    if el.name in ("hbv_dna", "hcv_rna") and not isinstance(raw, (str, bool)):
+        n = parse_number(raw)
+        if n is None or n < 0:
+            return None
+        return "detected" if n > 0 else "not_detected"
+    if not isinstance(raw, str):
+        return None
+    s = raw.strip().lower()
+    s = _SYNONYMS.get(s, s).replace(" ", "_")
+    if s in _UNINFORMATIVE:
+        return s
+    if "detected" in el.values:
+        s = _POSNEG_TO_DETECT.get(s, s)
+    elif "positive" in el.values:
+        s = _DETECT_TO_POSNEG.get(s, s)
+    return s if s in el.values else None
+
+
+def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
+    name = _element_of(item)
+    if name is None:
+        # an unmapped diagnosis is normal (the record holds many); note it without alarm
+        prep.issue(loc, "unmapped", "condition code not used by any rule")
+        return
+    if ELEMENTS[name].kind != "condition":
+        prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
+        return
+    source = str(item.get("source") or loc)
+    if item.get("present") is False:
+        when = _dated(prep, item, "date", loc, name)
+        if when:
+            prep.negatives.setdefault(name, []).append((when[0], source))
+        return
+    if item.get("present") not in (None, True):
+        prep.issue(f"{loc}.present", "value", "present must be true or false", name)
+        return
+    ver = item.get("verification_status")
+    if ver in _NEVER:
+        return
+    onset = None
+    if item.get("onset") is not None:
+        when = _dated(prep, item, "onset", loc, name)
+        if when is None:
+            return
+        onset = when[0]
+    abatement = None
+    if item.get("abatement") is not None:
+        d, _ = parse_date(item.get("abatement"))
+        if d is None:
+            prep.issue(f"{loc}.abatement", "date", "unusable abatement date", name)
+        elif d <= prep.as_of:
+            abatement = d
+    clinical = item.get("clinical_status")
+    prep.conditions.setdefault(name, []).append(CondRecord(
+        name, onset, abatement, clinical if isinstance(clinical, str) else None,
+        ver in _DOUBTFUL, source, loc))
+
+
+def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
+    name = item.get("element")
+    if not isinstance(name, str) or name not in ELEMENTS or ELEMENTS[name].kind != "exposure":
+        prep.issue(loc, "unmapped", f"unknown exposure {name!r}")
+        return
+    source = str(item.get("source") or loc)
+    start = end = None
+    if item.get("start") is not None:
+        when = _dated(prep, item, "start", loc, name)
+        if when is None:
+            return
+        start = when[0]
+    if item.get("end") is not None:
+        d, _ = parse_date(item.get("end"))
+        end = min(d, prep.as_of) if d else None
+    days: int | None = None
+    if item.get("days") is not None:
+        n = parse_number(item["days"]) if not isinstance(item["days"], str) else None
+        if n is None or n.denominator != 1 or not 0 <= n <= 3650:
+            prep.issue(f"{loc}.days", "value", f"unusable days {item['days']!r}", name)
+            return
+        days = int(n)
+    elif start and end and end >= start:
+        days = (end - start).days + 1
+    prep.exposures.setdefault(name, []).append(Exposure(name, days, start, source, loc))
+
+
+# ---- filling slots --------------------------------------------------------------------------
+
+@dataclass
+class Facts:
+    values: dict[str, int | str]
+    evidence: dict[str, dict[str, Any]]
+
+
+def _within(day: date, as_of: date, days: int | None) -> bool:
+    return days is None or (as_of - day).days <= days
+
+
+def fill(prep: Prepared, trial: Trial) -> Facts:
+    facts = Facts({}, {})
+    site_uln = dict(trial.site_uln)
+    for slot in slots_of(trial):
+        ev: dict[str, Any] = {"element": "+".join(slot.element)}
+        if slot.within_days is not None:
+            ev["window_days"] = slot.within_days
+        value: int | str | None
+        if slot.mode == "present":
+            value = _present(prep, slot, trial.review_max_age_days, ev)
+        elif slot.mode == "days":
+            value = _days(prep, slot, trial.review_max_age_days, ev)
+        elif slot.element == ("age",):
+            value = _age(prep, ev)
+        elif slot.element == ("sex",):
+            value = prep.sex
+            if value is None:
+                ev["missing"] = "sex not recorded"
+            else:
+                ev["value"] = value
+        else:
+            value = _reading(prep, slot, site_uln, ev)
+        if value is not None:
+            facts.values[slot.key] = value
+        facts.evidence[slot.key] = ev
+    return facts
+
+
+def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
+    if prep.age is None:
+        ev["missing"] = "no usable birth date or age"
+        return None
+    lo, hi = prep.age
+    ev["source"] = prep.age_source
+    if lo != hi:
+        ev["missing"] = f"age at as_of is {lo} or {hi} (birth date is partial)"
+        return None
+    ev["value"] = lo
+    return encode_number(Fraction(lo))
+
+
+def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
+             ev: dict[str, Any]) -> int | str | None:
+    name = slot.element[0]
+    readings = prep.readings.get(name, [])
+    usable = [r for r in readings if _within(r.day, prep.as_of, slot.within_days)]
+    if not usable:
+        if readings:
+            ev["missing"] = (f"newest {name} is from {readings[0].day}, older than "
+                             f"{slot.within_days} days before as_of")
+            ev["stale"] = {"date": readings[0].day.isoformat(), "source": readings[0].source}
+        else:
+            ev["missing"] = f"no {name} result"
+        return None
+    newest = usable[0]
+    same = [r for r in usable if r.stamp == newest.stamp]
+    if len({(r.value, r.uln) for r in same}) > 1:
+        ev["missing"] = (f"conflicting {name} results at {newest.stamp}: "
+                         + ", ".join(sorted({r.shown for r in same})))
+        return None
+    ev.update({"value": newest.shown, "date": newest.day.isoformat(), "source": newest.source})
+    if slot.mode == "uln":
+        uln = newest.uln
+        if uln is None and name in site_uln:
+            uln = site_uln[name]
+            ev["uln_source"] = "site default"
+        if uln is None:
+            ev["missing"] = (f"{name} result of {newest.day} has no reference range upper limit")
+            return None
+        assert isinstance(newest.value, Fraction)
+        ratio = newest.value / uln
+        ev["uln"] = f"{_fmt(uln)} {ELEMENTS[name].unit}"
+        ev["ratio"] = _fmt(ratio)
+        return encode_number(ratio)
+    if isinstance(newest.value, Fraction):
+        return encode_number(newest.value)
+    return newest.value
+
+
+def _fresh(d: date, prep: Prepared, max_age: int) -> bool:
+    return (prep.as_of - d).days <= max_age
+
+
+def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> str | None:
+    as_of, win = prep.as_of, slot.within_days
+    start = as_of - timedelta(days=win) if win is not None else None
+    hits: list[CondRecord] = []
+    doubts: list[str] = []
+    for name in slot.element:
+        for r in prep.conditions.get(name, []):
+            if r.doubtful:
+                doubts.append(f"{name} ({r.source}) is not confirmed")
+                continue
+            if slot.active:
+                if r.abatement is not None or (r.clinical in _ENDED):
+                    continue
+                if r.clinical not in _ACTIVE:
+                    doubts.append(f"{name} ({r.source}) has no clinical status")
+                    continue
+            if r.onset is None:
+                if start is None:
+                    hits.append(r)
+                elif r.abatement is not None and r.abatement < start:
+                    continue
+                else:
+                    doubts.append(f"{name} ({r.source}) has no onset date")
+                continue
+            if start is None or r.onset >= start:
+                hits.append(r)
+                continue
+            # began before the window: counts if it lasted into it
+            if r.abatement is not None:
+                if r.abatement >= start:
+                    hits.append(r)
+            elif r.clinical in _ACTIVE:
+                hits.append(r)
+            elif r.clinical in _ENDED:
+                doubts.append(f"{name} ({r.source}) began {r.onset} and ended on an "
+                              "unknown date")
+            else:
+                doubts.append(f"{name} ({r.source}) began {r.onset}; status unknown")
+    if hits:
+        first = sorted(hits, key=lambda r: (r.onset or date.min, r.loc), reverse=True)[0]
+        ev.update({"value": "present", "source": first.source})
+        if first.onset:
+            ev["date"] = first.onset.isoformat()
+        return "true"
+    if doubts:
+        ev["missing"] = "; ".join(sorted(doubts))
+        return None
+    negated = []
+    for name in slot.element:
+        fresh = [d for d, _ in prep.negatives.get(name, []) if _fresh(d, prep, max_age)]
+        if fresh:
+            negated.append(name)
+    if len(negated) == len(slot.element):
+        ev.update({"value": "absent", "basis": "documented absent"})
+        return "false"
+    rev = prep.reviewed.get("conditions")
+    if rev is not None and _fresh(rev, prep, max_age):
+        ev.update({"value": "absent", "basis": f"complete condition review on {rev}"})
+        return "false"
+    ev["missing"] = (f"no record of {' or '.join(slot.element)}, and absence is not documented "
+                     f"(no condition review within {max_age} days of as_of)")
+    return None
+
+
+def _days(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> int | None:
+    name = slot.element[0]
+    recs = prep.exposures.get(name, [])
+    if any(r.days is None for r in recs):
+        ev["missing"] = f"{name} exposure without a duration"
+        return None
+    if recs:
+        total = sum(r.days or 0 for r in recs)
+        ev.update({"value": f"{total} days", "source": ", ".join(sorted({r.source for r in recs}))})
+        return encode_number(Fraction(total))
+    rev = prep.reviewed.get("exposures")
+    if rev is not None and _fresh(rev, prep, max_age):
+        ev.update({"value": "0 days", "basis": f"complete therapy review on {rev}"})
+        return encode_number(Fraction(0))
+    ev["missing"] = (f"no {name} record, and the therapy history is not documented as reviewed "
+                     f"within {max_age} days of as_of")
+    return None

@@ -1,0 +1,218 @@
+"""Stage 6: fired rules -> per-criterion verdicts -> trial status -> report.
+
+Verdicts: ``met``, ``not_met``, ``unknown``, ``not_applicable``. A criterion is *favourable* when
+it does not stand in the patient's way (inclusion met, exclusion not met, or not applicable).
+
+Trial status:
+* ``ineligible``  some inclusion is not_met or some exclusion is met (whatever else is unknown);
+* ``eligible``    every criterion is favourable (manual ones attested);
+* ``needs_review`` otherwise; the report says which data and which attestations are missing.
+
+The report is plain JSON-able data with sorted, stable contents: the same input gives
+byte-identical output (`dumps`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from .compile import rule_names
+from .errors import DataIssue, ScreenerError
+from .ir import Compare, Criterion, Node, Present, Trial, leaves
+
+MAX_ISSUES = 200
+_SYMBOL = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "=", "!=": "!=", "in": "in",
+           "not_in": "not in", "between": "between"}
+
+
+class AttestationError(ScreenerError):
+    def __init__(self, loc: tuple[str | int, ...], msg: str):
+        self.loc = loc
+        self.msg = msg
+        super().__init__(msg)
+
+
+def favourable(kind: str, verdict: str) -> bool:
+    if verdict == "not_applicable":
+        return True
+    return verdict == ("met" if kind == "inclusion" else "not_met")
+
+
+def normalise_attestations(trial: Trial, raw: Any) -> dict[str, str]:
+    """Accepts {id: "met"|"not_met"|true} or a list of ids (each attested favourably)."""
+    if raw is None:
+        return {}
+    by_id = {c.id: c for c in trial.criteria}
+    items: list[tuple[str, Any]]
+    if isinstance(raw, list):
+        items = [(x, True) for x in raw]
+    elif isinstance(raw, Mapping):
+        items = list(raw.items())
+    else:
+        raise AttestationError(("attestations",), "attestations must be a list of criterion "
+                               "ids or an object {criterion_id: met | not_met}")
+    out: dict[str, str] = {}
+    for cid, v in items:
+        if not isinstance(cid, str) or cid not in by_id:
+            from .errors import did_you_mean
+            hint = did_you_mean(str(cid), by_id)
+            raise AttestationError(("attestations", str(cid)),
+                                   f"unknown criterion {cid!r} for {trial.id}"
+                                   + (f" (did you mean {hint!r}?)" if hint else ""))
+        c = by_id[cid]
+        if not c.manual:
+            raise AttestationError(("attestations", cid), f"criterion {cid!r} is decided by "
+                                   "data, not by attestation")
+        if v is True:
+            v = "met" if c.kind == "inclusion" else "not_met"
+        if v not in ("met", "not_met"):
+            raise AttestationError(("attestations", cid),
+                                   f"attestation for {cid!r} must be met, not_met or true")
+        out[cid] = v
+    return out
+
+
+def _value(fired: set[str], t: str, f: str) -> str:
+    if t in fired and f in fired:
+        raise ScreenerError(f"engine fired both {t} and {f}: compiled ruleset is inconsistent")
+    return "met" if t in fired else "not_met" if f in fired else "unknown"
+
+
+def _test(leaf: Compare | Present) -> str:
+    if isinstance(leaf, Present):
+        win = f" within {leaf.slot.within_days} days" if leaf.slot.within_days is not None else ""
+        act = " (active)" if leaf.slot.active else ""
+        return f"{' or '.join(leaf.slot.element)} recorded{win}{act}"
+    el = leaf.slot.element[0]
+    win = (f", newest within {leaf.slot.within_days} days"
+           if leaf.slot.within_days is not None else "")
+    return f"{el} {_SYMBOL[leaf.op]} {leaf.shown}{win}"
+
+
+def _evidence(node: Node | None, evidence: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for leaf in leaves(node):
+        ev = dict(evidence.get(leaf.slot.key, {}))
+        ev["test"] = _test(leaf)
+        if ev not in out:
+            out.append(ev)
+    return out
+
+
+def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
+                attest: Mapping[str, str]) -> dict[str, Any]:
+    names = rule_names(c.id)
+    entry: dict[str, Any] = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
+    ev = _evidence(c.logic, evidence)
+    if c.manual:
+        v = attest.get(c.id, "unknown")
+        if c.id in attest:
+            entry["attested"] = v
+    else:
+        v = _value(fired, names["T"], names["F"])
+    if c.applies_if is not None:
+        a = _value(fired, names["AT"], names["AF"])
+        ev += [dict(e, applicability=True) for e in _evidence(c.applies_if, evidence)]
+        if a == "not_met":
+            v = "not_applicable"
+        elif a == "unknown" and not favourable(c.kind, v):
+            v = "unknown"
+    missing = sorted({(e["element"], e["missing"]) for e in ev if "missing" in e})
+    if v == "unknown" and c.on_unknown is not None:
+        entry["policy"] = {"verdict": c.on_unknown.verdict, "reason": c.on_unknown.reason}
+        v = c.on_unknown.verdict
+    entry["verdict"] = v
+    entry["favourable"] = favourable(c.kind, v)
+    entry["evidence"] = ev
+    if v == "unknown":
+        entry["missing"] = [{"element": el, "reason": why} for el, why in missing]
+        if c.manual:
+            entry["missing"].append({"element": "attestation", "reason": "needs attestation "
+                                     "by the investigator"})
+    return entry
+
+
+def build(trial: Trial, ruleset_hash: str, fired: set[str],
+          evidence: Mapping[str, dict[str, Any]], attest: Mapping[str, str],
+          issues: list[DataIssue], meta: Mapping[str, Any]) -> dict[str, Any]:
+    if "__rejected__" in fired:
+        raise ScreenerError("the engine rejected this patient's facts")
+    crits = [verdict_for(c, fired, evidence, attest) for c in trial.criteria]
+    if any(not c["favourable"] and c["verdict"] != "unknown" for c in crits):
+        status = "ineligible"
+    elif all(c["favourable"] for c in crits):
+        status = "eligible"
+    else:
+        status = "needs_review"
+    counts = {k: sum(1 for c in crits if c["verdict"] == k)
+              for k in ("met", "not_met", "unknown", "not_applicable")}
+    missing = sorted({m["element"] for c in crits for m in c.get("missing", [])
+                      if m["element"] != "attestation"})
+    uniq = sorted(set(issues))
+    return {
+        **meta,
+        "trial": {"id": trial.id, "title": trial.title, "version": trial.version,
+                  "ruleset_hash": ruleset_hash},
+        "status": status,
+        "counts": counts,
+        "unresolved": sum(1 for c in crits if not c["favourable"] and c["verdict"] == "unknown"),
+        "criteria": crits,
+        "missing_data": missing,
+        "pending_attestations": [c["id"] for c in crits
+                                 if c["manual"] and c["verdict"] == "unknown"],
+        "data_issues": [i.as_dict() for i in uniq[:MAX_ISSUES]],
+        "data_issues_total": len(uniq),
+    }
+
+
+def dumps(report: Any) -> str:
+    """Canonical serialisation: sorted keys, no NaN, UTF-8 text."""
+    return json.dumps(report, sort_keys=True, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"))
+
+
+def table(report: Mapping[str, Any], width: int = 100) -> str:
+    t = report["trial"]
+    lines = [f"{t['id']} v{t['version']}  as_of {report['as_of']}  status: "
+             f"{report['status'].upper()}",
+             f"ruleset {t['ruleset_hash'][:23]}  engine {report['engine']}", ""]
+    rows = [("criterion", "kind", "verdict", "evidence / what is missing")]
+    for c in report["criteria"]:
+        if c["verdict"] == "unknown":
+            detail = "missing: " + "; ".join(m["reason"] for m in c.get("missing", []))
+        elif c.get("attested"):
+            detail = f"attested {c['attested']}"
+        else:
+            parts = []
+            for e in c["evidence"]:
+                if "missing" in e:
+                    continue
+                s = f"{e['element']}={e.get('value')}"
+                if "ratio" in e:
+                    s += f" ({e['ratio']} x ULN {e['uln']})"
+                if "date" in e:
+                    s += f" @{e['date']}"
+                parts.append(s)
+            detail = ", ".join(parts)
+            if c["verdict"] == "not_applicable":
+                detail = "does not apply: " + detail
+        if "policy" in c:
+            detail += f" [policy: {c['policy']['reason']}]"
+        mark = "" if c["favourable"] else ("?" if c["verdict"] == "unknown" else "x")
+        rows.append((c["id"], c["kind"][:3], f"{c['verdict']}{' ' + mark if mark else ''}",
+                     detail))
+    w0 = max(len(r[0]) for r in rows)
+    w2 = max(len(r[2]) for r in rows)
+    for r in rows:
+        detail = r[3] if len(r[3]) <= width else r[3][: width - 3] + "..."
+        lines.append(f"{r[0]:<{w0}}  {r[1]:<4} {r[2]:<{w2}}  {detail}")
+    if report["missing_data"]:
+        lines += ["", "missing data: " + ", ".join(report["missing_data"])]
+    if report["pending_attestations"]:
+        lines.append("pending attestations: " + ", ".join(report["pending_attestations"]))
+    if report["data_issues"]:
+        lines.append(f"data issues: {report['data_issues_total']}")
+        for i in report["data_issues"][:10]:
+            lines.append(f"  {i['loc']}: {i['msg']}")
+    return "\n".join(lines) + "\n"
