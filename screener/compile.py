@@ -29,7 +29,7 @@ _NEG = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "==",
         "in": "not_in", "not_in": "in"}
 _DR = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte", "==": "$eq", "!=": "$neq"}
 #: names durable_rules itself puts in facts
-RESERVED = ("sid", "id", "$s")
+RESERVED = ("sid", "id", "$s", "__seen", "__seen__")
 
 Expr = dict[str, Any]
 

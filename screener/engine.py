@@ -15,6 +15,10 @@ How the engine is used, and why (see docs/engine.md and shared notes on durable_
 * The C code holds the GIL and is not thread-safe: a lock serialises calls. Scale with processes.
 * A ruleset name can be registered once and never replaced: each ruleset is registered under a
   name that includes its hash, and `close()` frees it with `delete_ruleset`.
+* Every fact carries `__seen: 1` and the ruleset gets one sentinel rule matching it, so every
+  assert takes the engine's normal "handled" path. Measured here: a fact that matched no rule
+  (result code 1), followed by `delete_state`, segfaulted inside the C library depending on what
+  else the process had loaded.
 * Values reaching the engine are integers (scaled) or short known strings, made so by the
   normalizer; anything else is refused before it gets here.
 """
@@ -32,6 +36,8 @@ from .errors import ScreenerError
 
 ENGINE_VERSION = "durable_rules 2.0.28"
 _SID = "1"
+SENTINEL_RULE = "__seen__"
+SENTINEL_FIELD = "__seen"
 _counter = itertools.count()
 _lock = threading.RLock()
 
@@ -46,9 +52,11 @@ class Ruleset:
     def __init__(self, name: str, definition: dict[str, Any]):
         self.name = f"{name}#{next(_counter)}"
         self.rule_names = frozenset(definition)
+        full = dict(definition)
+        full[SENTINEL_RULE] = {"all": [{"m": {"$eq": {SENTINEL_FIELD: 1}}}]}
         with _lock:
             try:
-                self._handle = _dre.create_ruleset(self.name, json.dumps(definition))
+                self._handle = _dre.create_ruleset(self.name, json.dumps(full))
             except Exception as e:  # the binding raises plain Exception with a code
                 raise EngineError(f"durable_rules refused ruleset {name!r}: {e}") from e
         self._closed = False
@@ -74,7 +82,8 @@ class Ruleset:
         if not facts:
             return []
         out: list[set[str]] = [set() for _ in facts]
-        payload = [dict(f, sid=_SID, id=str(i)) for i, f in enumerate(facts)]
+        payload = [dict(f, sid=_SID, id=str(i), **{SENTINEL_FIELD: 1})
+                   for i, f in enumerate(facts)]
         with _lock:
             if self._closed:
                 raise EngineError(f"ruleset {self.name} is closed")
@@ -111,7 +120,8 @@ class Ruleset:
     @staticmethod
     def _collect(raw: str, out: list[set[str]]) -> None:
         for rule, binding in json.loads(raw).items():
-            out[int(binding["m"]["id"])].add(rule)
+            if rule != SENTINEL_RULE:
+                out[int(binding["m"]["id"])].add(rule)
 
     def _delete(self) -> None:
         try:

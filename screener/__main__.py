@@ -1,0 +1,7 @@
+"""`python -m screener` = the `screener` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
