@@ -1,0 +1,153 @@
+"""Bad patient input: a clear error or `unknown` with a data issue, never a crash and never a
+wrong met / not_met. Each case names the criterion whose verdict must NOT be decided."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from screener import cli
+from screener.errors import PatientDataError
+from screener.screen import Screener
+
+AS_OF = date(2026, 11, 22)
+T = "NCT06930105"
+ALT = {"element": "alt", "unit": "U/L", "reference_range": {"high": 40}, "date": "2026-11-20"}
+
+
+def verdicts(s: Screener, patient: Any) -> dict[str, Any]:
+    r = s.screen(T, patient, AS_OF)
+    return {c["id"]: c for c in r["criteria"]} | {"_report": r}
+
+
+@pytest.mark.parametrize("patient,criterion,issue_code", [
+    pytest.param({"age": "abc"}, "inc_age", "value", id="age-string"),
+    pytest.param({"age": True}, "inc_age", "value", id="age-bool"),
+    pytest.param({"age": -3}, "inc_age", "value", id="age-negative"),
+    pytest.param({"age": 1e308}, "inc_age", "value", id="age-1e308"),
+    pytest.param({"age": 17.5}, "inc_age", "value", id="age-fraction"),
+    pytest.param({"birth_date": "2030-01-01"}, "inc_age", "implausible", id="born-in-future"),
+    pytest.param({"birth_date": "1800-01-01"}, "inc_age", "implausible", id="born-1800"),
+    pytest.param({"birth_date": "1990-02-30"}, "inc_age", "date", id="impossible-date"),
+    pytest.param({"birth_date": 19900101}, "inc_age", "date", id="date-as-number"),
+    pytest.param({"observations": [{**ALT, "value": "abc"}]}, "inc_liver_transaminases",
+                 "value", id="alt-string"),
+    pytest.param({"observations": [{**ALT, "value": True}]}, "inc_liver_transaminases",
+                 "value", id="alt-bool"),
+    pytest.param({"observations": [{**ALT, "value": 1e308}]}, "inc_liver_transaminases",
+                 "implausible", id="alt-1e308"),
+    pytest.param({"observations": [{**ALT, "value": float("nan")}]},
+                 "inc_liver_transaminases", "value", id="alt-nan"),
+    pytest.param({"observations": [{**ALT, "value": float("inf")}]},
+                 "inc_liver_transaminases", "value", id="alt-inf"),
+    pytest.param({"observations": [{**ALT, "value": -5}]}, "inc_liver_transaminases",
+                 "implausible", id="alt-negative"),
+    pytest.param({"observations": [{**ALT, "value": 50, "unit": "furlongs"}]},
+                 "inc_liver_transaminases", "unit", id="unknown-unit"),
+    pytest.param({"observations": [{**ALT, "value": 50, "unit": None}]},
+                 "inc_liver_transaminases", "unit", id="no-unit"),
+    pytest.param({"observations": [{**ALT, "value": 500, "date": "2027-01-01"}]},
+                 "inc_liver_transaminases", "after_as_of", id="future-date"),
+    pytest.param({"observations": [{**ALT, "value": 500, "status": "entered-in-error"}]},
+                 "inc_liver_transaminases", "status", id="entered-in-error"),
+    pytest.param({"observations": [{**ALT, "value": 500, "comparator": ">"}]},
+                 "inc_liver_transaminases", "censored", id="censored"),
+    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": 0}}]},
+                 "inc_liver_transaminases", "reference_range", id="uln-zero"),
+    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": "x"}}]},
+                 "inc_liver_transaminases", "reference_range", id="uln-string"),
+    pytest.param({"observations": [{"element": "ecog", "value": 7, "date": "2026-11-20"}]},
+                 "inc_ecog", "implausible", id="ecog-7"),
+    pytest.param({"observations": [{"element": "ecog", "value": 1.5, "date": "2026-11-20"}]},
+                 "inc_ecog", "value", id="ecog-fraction"),
+    pytest.param({"observations": [{"element": "hbsag", "value": 1, "date": "2026-11-20"}]},
+                 "exc_hbv", "value", id="coded-as-number"),
+    pytest.param({"observations": [{"element": "ecog_scor", "value": 1, "date": "2026-11-20"}]},
+                 "inc_ecog", "unmapped", id="unknown-element"),
+    pytest.param({"observations": ["not an object"]}, "inc_ecog", "type", id="entry-string"),
+    pytest.param({"observations": [{"element": "ecog", "value": 1}]}, "inc_ecog", "date",
+                 id="no-date"),
+    pytest.param({"sex": 5}, "exc_pregnancy", "value", id="sex-number"),
+])
+def test_bad_value_gives_unknown_with_issue(screener: Screener, patient: dict[str, Any],
+                                            criterion: str, issue_code: str) -> None:
+    v = verdicts(screener, patient)
+    assert v[criterion]["verdict"] == "unknown"
+    codes = {i["code"] for i in v["_report"]["data_issues"]}
+    assert issue_code in codes, v["_report"]["data_issues"]
+
+
+def test_conflicting_same_time_results_are_unknown(screener: Screener) -> None:
+    p = {"observations": [{**ALT, "value": 30}, {**ALT, "value": 300}]}
+    assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "unknown"
+
+
+def test_newest_in_window_wins(screener: Screener) -> None:
+    p = {"observations": [{**ALT, "value": 300, "date": "2026-11-01"},
+                          {**ALT, "value": 30, "date": "2026-11-20"},
+                          {"element": "ast", "value": 20, "unit": "U/L",
+                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+    c = verdicts(screener, p)["inc_liver_transaminases"]
+    assert c["verdict"] == "met"
+    alt = next(e for e in c["evidence"] if e["element"] == "alt")
+    assert alt["date"] == "2026-11-20" and alt["ratio"] == "0.75"
+
+
+@pytest.mark.parametrize("patient,msg", [
+    pytest.param([], "JSON object", id="list"),
+    pytest.param("x", "JSON object", id="string"),
+    pytest.param(None, "JSON object", id="null"),
+    pytest.param({"observations": {"a": 1}}, "must be a list", id="observations-object"),
+    pytest.param({"observations": [{}] * 50_001}, "too many", id="huge"),
+])
+def test_unusable_document_is_a_clear_error(screener: Screener, patient: Any, msg: str) -> None:
+    with pytest.raises(PatientDataError, match=msg):
+        screener.screen(T, patient, AS_OF)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = StringIO(), StringIO()
+    code = cli.run(cli.parse_args(list(argv)), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"{not json", id="malformed"),
+    pytest.param(b'{"age": NaN}', id="nan-literal"),
+    pytest.param(b'{"age": Infinity}', id="infinity-literal"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"\xff\xfe\x00", id="binary"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-nesting"),
+])
+def test_cli_rejects_broken_patient_files(tmp_path: Path, content: bytes) -> None:
+    f = tmp_path / "p.json"
+    f.write_bytes(content)
+    code, out, err = run_cli("screen", "--trial", T, str(f), "--as-of", "2026-11-22")
+    assert code == 2 and out == ""
+    assert "error:" in err
+
+
+def test_cli_missing_file(tmp_path: Path) -> None:
+    code, _, err = run_cli("screen", "--trial", T, str(tmp_path / "nope.json"),
+                           "--as-of", "2026-11-22")
+    assert code == 2 and "cannot read" in err
+
+
+def test_cli_unknown_trial_suggests(tmp_path: Path) -> None:
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"age": 30}))
+    code, _, err = run_cli("screen", "--trial", "NCT06930150", str(f), "--as-of", "2026-11-22")
+    assert code == 2 and "did you mean 'NCT06930105'" in err
+
+
+def test_cli_attestation_of_data_criterion_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"age": 30}))
+    code, _, err = run_cli("screen", "--trial", T, str(f), "--as-of", "2026-11-22",
+                           "--attest", "inc_age")
+    assert code == 2 and "decided by data" in err
