@@ -119,9 +119,22 @@ class Ruleset:
 
     @staticmethod
     def _collect(raw: str, out: list[set[str]]) -> None:
-        for rule, binding in json.loads(raw).items():
-            if rule != SENTINEL_RULE:
-                out[int(binding["m"]["id"])].add(rule)
+        """Record one fired rule from an action message without parsing the whole JSON.
+
+        A message is `{"<rule>":{"m":{"sid": "1", "id": "<n>", ...}}}` (durable_rules' own
+        serialisation; one rule per message). Parsing it with `json.loads` cost about 25 us
+        per fired rule, most of the engine time; rule names and our field values never contain
+        quotes, so slicing is exact. The sentinel rule is skipped.
+        """
+        end = raw.index('"', 2)
+        rule = raw[2:end]
+        if rule == SENTINEL_RULE:
+            return
+        if len(out) == 1:
+            out[0].add(rule)
+            return
+        i = raw.index('"id": "', end) + 7
+        out[int(raw[i:raw.index('"', i)])].add(rule)
 
     def _delete(self) -> None:
         try:
