@@ -91,13 +91,15 @@ def _test(leaf: Compare | Present) -> str:
 
 
 def _evidence(node: Node | None, evidence: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+    """One evidence record per slot the criterion reads, naming every test made on it."""
+    by_slot: dict[str, dict[str, Any]] = {}
     for leaf in leaves(node):
-        ev = dict(evidence.get(leaf.slot.key, {}))
-        ev["test"] = _test(leaf)
-        if ev not in out:
-            out.append(ev)
-    return out
+        key = leaf.slot.key
+        if key not in by_slot:
+            by_slot[key] = dict(evidence.get(key, {}), test=_test(leaf))
+        elif _test(leaf) not in by_slot[key]["test"].split("; "):
+            by_slot[key]["test"] += "; " + _test(leaf)
+    return list(by_slot.values())
 
 
 def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
