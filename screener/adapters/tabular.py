@@ -1,0 +1,1153 @@
+"""Registry-table adapter: CSV / TSV / Parquet tables -> canonical patient JSON.
+
+Pipeline position::
+
+    registry table(s) --[this module]--> canonical patient JSON --> normalize --> engine
+
+A YAML *mapping file* says which column holds what. The adapter only reshapes and parses:
+it turns cells into numbers, dates, coded values and catalogue element names, and reports every
+cell it cannot use as an issue. Plausibility, unit conversion, staleness and ``x ULN`` arithmetic
+belong to the normalizer; units are passed on exactly as the registry spells them (``UNITS/L``
+stays ``UNITS/L``).
+
+Mapping file
+------------
+Paths of tables are relative to ``base_dir`` (given to :func:`iter_patients`, e.g. from the
+command line) or, without one, to the directory of the mapping file. A *field* is either a column
+name (a plain string) or ``{column: NAME}`` or ``{constant: VALUE}``::
+
+    version: 1
+    patients:                       # required: one row per patient (streamed)
+      file: registry.csv            # .csv -> comma, .tsv/.txt/.tab -> tab, .parquet/.pq
+      # format: csv | tsv | parquet   delimiter: ";"   encoding: utf-8-sig   date_format: "%d/%m/%Y"
+      id: patient_id
+      birth_date: dob               # ISO date, or partial YYYY / YYYY-MM
+      age: age_years                # used only when birth_date is blank or unusable
+      sex: {column: sex, values: {M: male, F: female}}   # or just: sex: sex
+      elements:                     # wide columns -> observations
+        alt: {value: alt, unit: {constant: U/L}, high: alt_uln, low: alt_lln, date: lab_date}
+        ecog: {value: ecog, date: {constant: "2026-11-01"}}
+      conditions:                   # flag columns -> conditions
+        dvt: {column: hx_dvt, onset: dvt_date, date: history_date}
+      exposures:
+        blinatumomab: {days: blina_days, start: blina_start, end: blina_end}
+    labs:                           # optional, one table or a list of tables (long format)
+      file: labs.txt
+      patient_id: PID
+      code: LOINC
+      system: loinc                 # loinc | element (the column holds catalogue names)
+      value: VALUE
+      unit: UNITS
+      low: LOW
+      high: HIGH                    # -> reference_range.high, the ULN of x ULN comparisons
+      date: DATE
+      unmapped: summary             # report (one issue per row, default) | summary | ignore
+    problems:                       # optional, one table or a list of tables
+      file: problems.txt
+      patient_id: PID
+      code: SNOMED
+      system: snomed                # snomed | icd10 | icd10cm | element
+      start: START_DATE
+      end: END_DATE
+    reviewed:
+      conditions: "2026-11-01"      # a constant date, or {column: NAME} of the patients table
+    coded_values: {Reactive: positive}   # extra spellings of coded / boolean values
+    na_values: ["", NA, N/A, NULL]  # cells read as blank (this is the default list)
+
+**``reviewed`` is a clinical assertion, not a formatting option.** Setting
+``reviewed.conditions`` states that, on that date, the registry's problem list was complete for
+every patient in it: the screener will then treat a condition *absent from the table* as absent
+(an exclusion criterion becomes ``false`` instead of ``unknown``). Set it only when the registry
+really is curated that way. The same holds for ``reviewed.exposures`` and the therapy history.
+
+Condition flags: a value in ``present`` (default ``1 y yes true t x present positive``, case
+insensitive) gives a condition with the ``onset`` / ``abatement`` columns; a value in ``absent``
+(default ``0 n no false f absent negative``) gives ``present: false`` dated by ``date``, and is
+skipped when the mapping has no ``date`` (an undated "no" proves nothing); blank is unknown.
+
+Output and issues
+-----------------
+:func:`iter_patients` yields ``(locator, patient, issues)``: the locator is ``"file:row N"`` of
+the patient row; ``patient`` is the canonical dict, or ``None`` when no patient can be built
+(blank or duplicate id, rows of a long table whose patient id is not in the patients table,
+long-table rows without a patient id); ``issues`` are ``{"loc", "code", "msg"}`` dicts whose
+``loc`` is ``"file:row N:COLUMN"``. Row numbers count *data* records from 1 (the header is not
+counted), in CSV and Parquet alike: in a text file without embedded newlines, row N is line N+1.
+Every observation and condition carries ``source: "file:row N"`` as evidence.
+
+Bad cells never stop the run. **Policy: an unusable cell drops what it belongs to, with an
+issue.** An unparseable number, date or coded value drops that observation (the issue quotes the
+raw text), an unusable reference range drops only the range, an unknown sex leaves sex out. We
+drop rather than pass raw strings on because the adapter alone knows the file and row; the
+normalizer would only see a patient. A dropped result is *missing*, so criteria that need it
+become ``unknown``, never ``true``. Reference ranges are read for quantity elements only (coded
+lab rows put text such as ``Negative; Positive`` in their limit columns). Undecodable bytes
+become U+FFFD rather than stopping the run (set ``encoding`` for non-UTF-8 exports).
+
+Memory
+------
+The patients table streams: CSV / TSV with the ``csv`` module one row at a time, Parquet with
+``ParquetFile.iter_batches``; only the set of patient ids already seen is kept (to report
+duplicates). Long tables (labs, problems) are *not* streamed: registry exports group their rows
+by patient only loosely, so each long table is read once, its mapped rows are parsed and grouped
+by patient id in a dict, and each patient's group is handed out when its patient row streams by.
+**Memory is proportional to the mapped rows of the long tables** (unmapped codes are not kept).
+For long tables larger than memory, split the export by patient id range first.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..elements import (
+    DEMOGRAPHIC,
+    ELEMENTS,
+    ICD10,
+    ICD10CM,
+    PROJECT,
+    SNOMED,
+    Element,
+    by_loinc,
+    condition_for,
+)
+from ..errors import ScreenerError, did_you_mean
+
+Issue = dict[str, str]
+Patient = dict[str, Any]
+Record = tuple[str, "Patient | None", list[Issue]]
+
+
+class MappingError(ScreenerError):
+    """The mapping file (or a table it names) cannot be used; carries every problem found."""
+
+    def __init__(self, where: str, errors: list[str]):
+        self.where = where
+        self.errors = errors
+        super().__init__("\n".join(f"{where}: {e}" for e in errors))
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping model
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    """Where a value comes from: a column of the row, or a constant from the mapping."""
+
+    column: str | None = None
+    constant: Any = None
+
+
+@dataclass(frozen=True)
+class Table:
+    role: str  # "patients", "labs" or "problems"
+    file: str
+    format: str  # "csv" or "parquet"
+    delimiter: str
+    encoding: str
+    date_format: str | None
+    fields: dict[str, Field]
+    system: str | None = None
+    unmapped: str = "report"
+
+    def columns(self) -> dict[str, str]:
+        """Column name -> the mapping key that uses it (first use wins, for messages)."""
+        out: dict[str, str] = {}
+        for key, f in self.fields.items():
+            if f.column is not None:
+                out.setdefault(f.column, key)
+        return out
+
+
+@dataclass(frozen=True)
+class ElementMap:
+    element: str
+    fields: dict[str, Field]
+
+
+@dataclass(frozen=True)
+class ConditionFlag:
+    element: str
+    fields: dict[str, Field]
+    present: frozenset[str]
+    absent: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    path: Path
+    patients: Table
+    elements: tuple[ElementMap, ...] = ()
+    conditions: tuple[ConditionFlag, ...] = ()
+    exposures: tuple[ElementMap, ...] = ()
+    labs: tuple[Table, ...] = ()
+    problems: tuple[Table, ...] = ()
+    reviewed: dict[str, Field] = field(default_factory=dict)
+    sex_values: dict[str, str] = field(default_factory=dict)
+    coded_values: dict[str, str] = field(default_factory=dict)
+    na_values: frozenset[str] = frozenset()
+
+
+_TOP_KEYS = ("version", "patients", "labs", "problems", "reviewed", "coded_values", "na_values")
+_TABLE_KEYS = ("file", "format", "delimiter", "encoding", "date_format")
+_PATIENT_KEYS = _TABLE_KEYS + ("id", "birth_date", "sex", "age", "elements", "conditions",
+                               "exposures")
+_LAB_KEYS = _TABLE_KEYS + ("patient_id", "code", "system", "value", "unit", "low", "high",
+                           "date", "status", "label", "unmapped")
+_PROBLEM_KEYS = _TABLE_KEYS + ("patient_id", "code", "system", "start", "end",
+                               "clinical_status", "verification_status", "label", "unmapped")
+_ELEMENT_KEYS = ("value", "unit", "low", "high", "date", "status")
+_CONDITION_KEYS = ("column", "present", "absent", "onset", "abatement", "date")
+_EXPOSURE_KEYS = ("days", "start", "end")
+_LAB_SYSTEMS = ("loinc", "element")
+_PROBLEM_SYSTEMS = {"snomed": SNOMED, "icd10": ICD10, "icd10cm": ICD10CM, "element": PROJECT}
+_SEX = {"m": "male", "male": "male", "f": "female", "female": "female", "o": "other",
+        "other": "other", "u": "unknown", "unknown": "unknown"}
+_NA_DEFAULT = ("", "NA", "N/A", "n/a", "NULL", "null", "NaN", "nan", "None")
+_PRESENT_DEFAULT = frozenset({"1", "y", "yes", "true", "t", "x", "present", "positive"})
+_ABSENT_DEFAULT = frozenset({"0", "n", "no", "false", "f", "absent", "negative"})
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with two changes that matter for registry mappings.
+
+    Only ``true``/``false`` are booleans, so a sex code ``N`` or a flag value ``no`` stays the
+    string the registry writes; dates stay strings, because the canonical format wants ISO text.
+    Duplicate keys are an error instead of silently keeping the last one.
+    """
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|false)$"), list("tf"))
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Checker:
+    """Collects every mapping error before raising, so one run shows all of them."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def err(self, where: str, msg: str) -> None:
+        self.errors.append(f"{where}: {msg}")
+
+    def keys(self, where: str, obj: dict[Any, Any], allowed: tuple[str, ...]) -> None:
+        for k in obj:
+            if k not in allowed:
+                hint = did_you_mean(str(k), allowed)
+                mean = f" (did you mean {hint!r}?)" if hint else ""
+                self.err(where, f"unknown key {k!r}{mean}; allowed: {', '.join(allowed)}")
+
+    def obj(self, where: str, value: Any) -> dict[Any, Any]:
+        if isinstance(value, dict):
+            return value
+        self.err(where, f"expected a mapping, got {type(value).__name__}")
+        return {}
+
+    def text(self, where: str, value: Any) -> str | None:
+        if isinstance(value, str) and value:
+            return value
+        hint = " (quote names that look like numbers)" if isinstance(value, (int, float)) else ""
+        self.err(where, f"expected a non-empty string, got {value!r}{hint}")
+        return None
+
+    def field(self, where: str, value: Any) -> Field | None:
+        if isinstance(value, str) and value:
+            return Field(column=value)
+        if isinstance(value, dict):
+            if set(value) == {"column"}:
+                col = self.text(f"{where}.column", value["column"])
+                return Field(column=col) if col else None
+            if set(value) == {"constant"}:
+                return Field(constant=value["constant"])
+        self.err(where, f"expected a column name, {{column: NAME}} or {{constant: VALUE}}, "
+                        f"got {value!r}")
+        return None
+
+    def element(self, where: str, name: Any, kinds: tuple[str, ...],
+                section: str) -> Element | None:
+        e = ELEMENTS.get(name) if isinstance(name, str) else None
+        if e is None:
+            candidates = [n for n, el in ELEMENTS.items() if el.kind in kinds]
+            hint = did_you_mean(str(name), candidates) or did_you_mean(str(name), ELEMENTS)
+            self.err(where, f"unknown element {name!r}"
+                     + (f" (did you mean {hint!r}?)" if hint else ""))
+            return None
+        if name in DEMOGRAPHIC:
+            self.err(where, f"{name!r} is a demographic field; map it as patients.{name}")
+            return None
+        if e.kind not in kinds:
+            self.err(where, f"element {name!r} is a {e.kind}; it does not belong under {section}")
+            return None
+        return e
+
+    def dates(self, where: str, fields: dict[str, Field]) -> None:
+        """Constant dates are checked once here instead of failing on every row."""
+        for k in ("date", "onset", "abatement", "start", "end"):
+            f = fields.get(k)
+            if f is not None and f.column is None:
+                try:
+                    _parse_date(f.constant, None, partial=k in ("onset", "abatement"))
+                except ValueError:
+                    self.err(f"{where}.{k}", f"constant {f.constant!r} is not an ISO date")
+
+
+def _table(c: _Checker, where: str, raw: Any, role: str, allowed: tuple[str, ...],
+           required: tuple[str, ...], field_keys: tuple[str, ...]) -> Table | None:
+    obj = c.obj(where, raw)
+    if not obj:
+        return None
+    c.keys(where, obj, allowed)
+    for k in required:
+        if k not in obj:
+            c.err(where, f"missing required key {k!r}")
+    file = c.text(f"{where}.file", obj.get("file")) if "file" in obj else None
+    fmt = obj.get("format")
+    if fmt is None and file:
+        suffix = Path(file).suffix.lower()
+        fmt = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix, "tsv")
+    if fmt not in ("csv", "tsv", "parquet"):
+        c.err(f"{where}.format", f"expected csv, tsv or parquet, got {fmt!r}")
+        fmt = "csv"
+    delimiter = obj.get("delimiter", "\t" if fmt == "tsv" else ",")
+    if not (isinstance(delimiter, str) and len(delimiter) == 1):
+        c.err(f"{where}.delimiter", f"expected one character, got {delimiter!r}")
+        delimiter = ","
+    encoding = obj.get("encoding", "utf-8-sig")  # -sig: Excel exports start with a BOM
+    if not isinstance(encoding, str):
+        c.err(f"{where}.encoding", f"expected a string, got {encoding!r}")
+        encoding = "utf-8-sig"
+    date_format = obj.get("date_format")
+    if date_format is not None and not isinstance(date_format, str):
+        c.err(f"{where}.date_format", f"expected a strptime format string, got {date_format!r}")
+        date_format = None
+    fields: dict[str, Field] = {}
+    for k in field_keys:
+        if k in obj:
+            f = c.field(f"{where}.{k}", obj[k])
+            if f:
+                fields[k] = f
+    system = obj.get("system")
+    unmapped = obj.get("unmapped", "report")
+    if unmapped not in ("report", "summary", "ignore"):
+        c.err(f"{where}.unmapped", f"expected report, summary or ignore, got {unmapped!r}")
+        unmapped = "report"
+    return Table(role=role, file=file or "?", format="parquet" if fmt == "parquet" else "csv",
+                 delimiter=delimiter, encoding=encoding, date_format=date_format, fields=fields,
+                 system=system, unmapped=unmapped)
+
+
+def _tables(raw: Any) -> list[Any]:
+    return raw if isinstance(raw, list) else [raw]
+
+
+def _values_map(c: _Checker, where: str, raw: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in c.obj(where, raw).items():
+        if not isinstance(v, str) and not isinstance(v, bool):
+            c.err(f"{where}.{k}", f"expected a string, got {v!r}")
+            continue
+        # Keys are matched case-insensitively against stripped cell text.
+        out[str(k).strip().lower()] = v if isinstance(v, str) else str(v).lower()
+    return out
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    """Read and check a mapping file; raise :class:`MappingError` listing every problem.
+
+    Column names are checked against the real table headers by :func:`check_tables` (called
+    by :func:`iter_patients`), because only then is the data directory known.
+    """
+    p = Path(path)
+    try:
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as e:
+        raise MappingError(str(p), [f"cannot read mapping file: {e.strerror or e}"]) from e
+    except yaml.YAMLError as e:
+        raise MappingError(str(p), [f"not valid YAML: {e}"]) from e
+    c = _Checker()
+    top = c.obj("<root>", raw)
+    c.keys("<root>", top, _TOP_KEYS)
+    if top.get("version", 1) != 1:
+        c.err("version", f"only version 1 is supported, got {top.get('version')!r}")
+    if "patients" not in top:
+        c.err("<root>", "missing required key 'patients' (the table with one row per patient)")
+
+    patients: Table | None = None
+    elements: list[ElementMap] = []
+    conditions: list[ConditionFlag] = []
+    exposures: list[ElementMap] = []
+    sex_values: dict[str, str] = {}
+    if "patients" in top:
+        praw = c.obj("patients", top["patients"])
+        sex_raw = praw.get("sex")
+        if isinstance(sex_raw, dict) and "values" in sex_raw:
+            sex_values = _values_map(c, "patients.sex.values", sex_raw["values"])
+            bad = sorted(v for v in sex_values.values() if v not in _SEX.values())
+            if bad:
+                c.err("patients.sex.values", f"sex must map to female, male, other or unknown, "
+                      f"got {', '.join(map(repr, bad))}")
+            praw = dict(praw, sex={k: v for k, v in sex_raw.items() if k != "values"})
+            if set(praw["sex"]) == set():
+                c.err("patients.sex", "missing 'column'")
+        patients = _table(c, "patients", praw, "patients", _PATIENT_KEYS, ("file", "id"),
+                          ("id", "birth_date", "sex", "age"))
+        for name, spec in c.obj("patients.elements", praw.get("elements", {})).items():
+            w = f"patients.elements.{name}"
+            el = c.element(w, name, ("quantity", "coded", "boolean"), "elements")
+            s = c.obj(w, spec)
+            c.keys(w, s, _ELEMENT_KEYS)
+            if "value" not in s:
+                c.err(w, "missing required key 'value'")
+            fl = {k: f for k in _ELEMENT_KEYS if k in s and (f := c.field(f"{w}.{k}", s[k]))}
+            if el and "date" not in s:
+                c.err(w, "missing required key 'date' (a column or {constant: DATE}); every "
+                         "observation needs the date it was measured")
+            c.dates(w, fl)
+            if el:
+                elements.append(ElementMap(el.name, fl))
+        for name, spec in c.obj("patients.conditions", praw.get("conditions", {})).items():
+            w = f"patients.conditions.{name}"
+            el = c.element(w, name, ("condition",), "conditions")
+            s = c.obj(w, spec)
+            c.keys(w, s, _CONDITION_KEYS)
+            if "column" not in s:
+                c.err(w, "missing required key 'column' (the flag column)")
+            fl = {k: f for k in ("column", "onset", "abatement", "date")
+                  if k in s and (f := c.field(f"{w}.{k}", s[k]))}
+            sets: dict[str, frozenset[str]] = {}
+            for k, default in (("present", _PRESENT_DEFAULT), ("absent", _ABSENT_DEFAULT)):
+                v = s.get(k)
+                if v is None:
+                    sets[k] = default
+                elif isinstance(v, list) and all(isinstance(x, (str, int)) for x in v):
+                    sets[k] = frozenset(str(x).strip().lower() for x in v)
+                else:
+                    c.err(f"{w}.{k}", f"expected a list of cell values, got {v!r}")
+                    sets[k] = default
+            if sets["present"] & sets["absent"]:
+                c.err(w, f"values in both present and absent: "
+                         f"{', '.join(sorted(sets['present'] & sets['absent']))}")
+            c.dates(w, fl)
+            if el:
+                conditions.append(ConditionFlag(el.name, fl, sets["present"], sets["absent"]))
+        for name, spec in c.obj("patients.exposures", praw.get("exposures", {})).items():
+            w = f"patients.exposures.{name}"
+            el = c.element(w, name, ("exposure",), "exposures")
+            s = c.obj(w, spec)
+            c.keys(w, s, _EXPOSURE_KEYS)
+            if not s.keys() & {"days", "start"}:
+                c.err(w, "needs 'days' or 'start' (and 'end')")
+            fl = {k: f for k in _EXPOSURE_KEYS if k in s and (f := c.field(f"{w}.{k}", s[k]))}
+            c.dates(w, fl)
+            if el:
+                exposures.append(ElementMap(el.name, fl))
+
+    labs: list[Table] = []
+    for i, raw_t in enumerate(_tables(top.get("labs", []))):
+        w = f"labs[{i}]" if isinstance(top.get("labs"), list) else "labs"
+        t = _table(c, w, raw_t, "labs", _LAB_KEYS,
+                   ("file", "patient_id", "code", "system", "value", "date"),
+                   ("patient_id", "code", "value", "unit", "low", "high", "date", "status",
+                    "label"))
+        if t and t.system not in _LAB_SYSTEMS and "system" in c.obj(w, raw_t):
+            c.err(f"{w}.system", f"expected one of {', '.join(_LAB_SYSTEMS)}, got {t.system!r}")
+        if t:
+            labs.append(t)
+    problems: list[Table] = []
+    for i, raw_t in enumerate(_tables(top.get("problems", []))):
+        w = f"problems[{i}]" if isinstance(top.get("problems"), list) else "problems"
+        t = _table(c, w, raw_t, "problems", _PROBLEM_KEYS,
+                   ("file", "patient_id", "code", "system", "start"),
+                   ("patient_id", "code", "start", "end", "clinical_status",
+                    "verification_status", "label"))
+        if t and t.system not in _PROBLEM_SYSTEMS and "system" in c.obj(w, raw_t):
+            c.err(f"{w}.system", f"expected one of {', '.join(_PROBLEM_SYSTEMS)}, "
+                                 f"got {t.system!r}")
+        if t:
+            problems.append(t)
+
+    reviewed: dict[str, Field] = {}
+    for k, v in c.obj("reviewed", top.get("reviewed", {})).items():
+        if k not in ("conditions", "exposures"):
+            hint = did_you_mean(str(k), ("conditions", "exposures"))
+            c.err("reviewed", f"unknown key {k!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            continue
+        # Here a bare string is a date (the common case: one review date for the registry).
+        if isinstance(v, str):
+            try:
+                _parse_date(v, None, partial=False)
+            except ValueError:
+                c.err(f"reviewed.{k}", f"expected an ISO date or {{column: NAME}}, got {v!r}")
+                continue
+            reviewed[k] = Field(constant=v)
+        elif (f := c.field(f"reviewed.{k}", v)) is not None:
+            reviewed[k] = f
+
+    coded_values = _values_map(c, "coded_values", top.get("coded_values", {}))
+    na_raw = top.get("na_values", list(_NA_DEFAULT))
+    if not (isinstance(na_raw, list) and all(isinstance(x, str) for x in na_raw)):
+        c.err("na_values", f"expected a list of strings, got {na_raw!r}")
+        na_raw = list(_NA_DEFAULT)
+
+    if c.errors or patients is None:
+        raise MappingError(str(p), c.errors or ["no patients table"])
+    return Mapping(path=p, patients=patients, elements=tuple(elements),
+                   conditions=tuple(conditions), exposures=tuple(exposures), labs=tuple(labs),
+                   problems=tuple(problems), reviewed=reviewed, sex_values=sex_values,
+                   coded_values=coded_values, na_values=frozenset(s.strip() for s in na_raw))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading tables
+# --------------------------------------------------------------------------------------------
+
+def _patient_fields(m: Mapping) -> dict[str, Field]:
+    """Every field read from the patients table, keyed for error messages."""
+    out = {f"patients.{k}": f for k, f in m.patients.fields.items()}
+    for em in m.elements:
+        out.update({f"patients.elements.{em.element}.{k}": f for k, f in em.fields.items()})
+    for cf in m.conditions:
+        out.update({f"patients.conditions.{cf.element}.{k}": f for k, f in cf.fields.items()})
+    for xm in m.exposures:
+        out.update({f"patients.exposures.{xm.element}.{k}": f for k, f in xm.fields.items()})
+    for k, f in m.reviewed.items():
+        out[f"reviewed.{k}"] = f
+    return out
+
+
+def _resolve(m: Mapping, t: Table, base_dir: str | Path | None) -> Path:
+    base = Path(base_dir) if base_dir is not None else m.path.parent
+    return base / t.file
+
+
+def _header(path: Path, t: Table) -> list[str]:
+    if t.format == "parquet":
+        import pyarrow.parquet as pq  # imported lazily: CSV-only users need no pyarrow
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    with path.open(newline="", encoding=t.encoding) as fh:
+        return next(csv.reader(fh, delimiter=t.delimiter), [])
+
+
+def check_tables(m: Mapping, base_dir: str | Path | None = None) -> None:
+    """Check that every table exists and has every mapped column; raise MappingError if not."""
+    errors: list[str] = []
+    wanted: list[tuple[Table, dict[str, Field]]] = [(m.patients, _patient_fields(m))]
+    for t in m.labs + m.problems:
+        wanted.append((t, {f"{t.role}.{k}": f for k, f in t.fields.items()}))
+    for t, fields in wanted:
+        path = _resolve(m, t, base_dir)
+        try:
+            header = _header(path, t)
+        except OSError as e:
+            errors.append(f"{t.role}: cannot read {path}: {e.strerror or e}")
+            continue
+        except Exception as e:  # pyarrow raises its own error types for broken files
+            errors.append(f"{t.role}: cannot read {path}: {e}")
+            continue
+        counts = Counter(header)
+        for key, f in fields.items():
+            col = f.column
+            if col is None:
+                continue
+            if col not in counts:
+                hint = did_you_mean(col, header)
+                if hint is None:  # case or whitespace slips are the usual ones in exports
+                    hint = next((h for h in header if h.strip().lower() == col.strip().lower()),
+                                None)
+                errors.append(f"{key}: column {col!r} not in {t.file}"
+                              + (f" (did you mean {hint!r}?)" if hint else "")
+                              + f"; header: {', '.join(header)}")
+            elif counts[col] > 1:
+                errors.append(f"{key}: column {col!r} appears {counts[col]} times in the header "
+                              f"of {t.file}; cannot tell which one is meant")
+    if errors:
+        raise MappingError(str(m.path), errors)
+
+
+def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
+          ) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    """Stream (row number, {column: cell}, problem) for the given columns of a table."""
+    path = _resolve(m, t, base_dir)
+    if t.format == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        n = 0
+        for batch in pf.iter_batches(batch_size=8192, columns=columns):
+            data = batch.to_pydict()
+            for i in range(batch.num_rows):
+                n += 1
+                yield n, {c: data[c][i] for c in columns}, None
+        return
+    # errors="replace": one undecodable byte must not stop the run; it shows up as U+FFFD in
+    # the cell (and then as an unparseable value) instead. Set `encoding` for latin-1 exports.
+    with path.open(newline="", encoding=t.encoding, errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=t.delimiter)
+        header = next(reader, [])
+        index = [(c, header.index(c)) for c in columns]
+        width = len(header)
+        n = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # e.g. a field over the csv module's size limit
+                n += 1
+                yield n, {}, f"unreadable row ({e}); row skipped"
+                continue
+            if not row:  # csv yields [] for blank lines; they are not records
+                continue
+            n += 1
+            problem = None
+            if len(row) > width:
+                # Extra fields mean the columns are shifted (an unquoted delimiter in a text
+                # field); every mapped cell may be wrong, so the row is not used.
+                yield n, {}, f"row has {len(row)} fields but the header has {width}; row skipped"
+                continue
+            if len(row) < width:
+                problem = (f"row has {len(row)} fields but the header has {width}; "
+                           f"missing fields read as blank")
+                row = row + [""] * (width - len(row))
+            yield n, {c: row[i] for c, i in index}, problem
+
+
+# --------------------------------------------------------------------------------------------
+# Cell parsing
+# --------------------------------------------------------------------------------------------
+
+_NUM = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_CMP = re.compile(r"^(<=|>=|<|>|≤|≥)\s*")
+_CMP_NORM = {"≤": "<=", "≥": ">="}
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+_POS = frozenset({"positive", "pos", "reactive", "detected", "+"})
+_NEG = frozenset({"negative", "neg", "non_reactive", "nonreactive", "not_reactive",
+                  "not_detected", "undetected", "none_detected", "-"})
+_INDET = frozenset({"indeterminate", "equivocal", "borderline", "inconclusive"})
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "positive", "pos"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "negative", "neg"})
+
+
+def _parse_number(raw: Any) -> tuple[str | None, int | float]:
+    """(comparator, number); ValueError when the cell is not a number."""
+    if isinstance(raw, bool):
+        raise ValueError("boolean")
+    if isinstance(raw, int):
+        return None, raw
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ValueError("not finite")
+        return None, raw
+    s = str(raw).strip()
+    cmp = None
+    mt = _CMP.match(s)
+    if mt:
+        cmp = _CMP_NORM.get(mt.group(1), mt.group(1))
+        s = s[mt.end():]
+    if not _NUM.match(s):
+        raise ValueError(s)
+    if "." in s or "e" in s or "E" in s:
+        return cmp, float(s)
+    return cmp, int(s)
+
+
+def _parse_date(raw: Any, fmt: str | None, partial: bool) -> str:
+    """ISO text for a date cell; ValueError when it is not a date."""
+    if isinstance(raw, datetime):  # Parquet timestamp columns arrive as datetime objects
+        return raw.isoformat()
+    if isinstance(raw, date):
+        return raw.isoformat()
+    s = str(raw).strip()
+    if fmt:
+        dt = datetime.strptime(s, fmt)
+        timed = any(d in fmt for d in ("%H", "%I", "%M", "%S"))
+        return dt.isoformat() if timed else dt.date().isoformat()
+    if _ISO_DATE.match(s):
+        return date.fromisoformat(s).isoformat()
+    if _ISO_DATETIME.match(s):
+        datetime.fromisoformat(s)  # validates; the text itself is kept (time zone included)
+        return s.replace(" ", "T", 1)
+    mt = _PARTIAL.match(s)
+    if partial and mt:
+        # A year or year-month is real information (problem lists often have only a year);
+        # it is passed on as given rather than padded to a made-up day.
+        if mt.group(2) and not 1 <= int(mt.group(2)) <= 12:
+            raise ValueError(s)
+        return s
+    raise ValueError(s)
+
+
+def _token(raw: Any) -> str:
+    return re.sub(r"[\s\-]+", "_", str(raw).strip().lower())
+
+
+def _coded(raw: Any, e: Element, extra: dict[str, str]) -> str:
+    s = str(raw).strip()
+    tok = _token(extra.get(s.lower(), s))
+    if tok in e.values:
+        return tok
+    # Serology and PCR results come as Reactive / Non-reactive / Detected / Neg ...: map the
+    # common spellings onto whichever vocabulary this element uses.
+    if tok in _POS:
+        tok = "positive" if "positive" in e.values else "detected"
+    elif tok in _NEG:
+        tok = "negative" if "negative" in e.values else "not_detected"
+    elif tok in _INDET:
+        tok = "indeterminate"
+    if tok in e.values:
+        return tok
+    raise ValueError(s)
+
+
+def _boolean(raw: Any, extra: dict[str, str]) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    s = str(raw).strip().lower()
+    tok = extra.get(s, s).lower()
+    if tok in _TRUE:
+        return True
+    if tok in _FALSE:
+        return False
+    raise ValueError(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Building records
+# --------------------------------------------------------------------------------------------
+
+class _Row:
+    """One source row: typed access to mapped fields, with issue reporting."""
+
+    def __init__(self, m: Mapping, t: Table, n: int, cells: dict[str, Any],
+                 issues: list[Issue]):
+        self.m = m
+        self.t = t
+        self.n = n
+        self.cells = cells
+        self.issues = issues
+        self.where = f"{t.file}:row {n}"
+
+    def issue(self, f: Field | None, code: str, msg: str) -> None:
+        loc = self.where + (f":{f.column}" if f is not None and f.column else "")
+        self.issues.append({"loc": loc, "code": code, "msg": msg})
+
+    def raw(self, f: Field | None) -> Any:
+        """The cell (or constant), or None when blank / NA."""
+        if f is None:
+            return None
+        v = f.constant if f.column is None else self.cells.get(f.column)
+        if v is None:
+            return None
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, str) and v.strip() in self.m.na_values:
+            return None
+        return v
+
+    def get(self, f: Field | None, parse: Callable[[Any], Any], code: str, what: str) -> Any:
+        """Parsed value, or None (blank, or unparseable with an issue)."""
+        v = self.raw(f)
+        if v is None:
+            return None
+        try:
+            return parse(v)
+        except ValueError:
+            self.issue(f, code, f"{what}: cannot read {str(v)!r}")
+            return None
+
+    def date(self, f: Field | None, what: str, partial: bool = False) -> str | None:
+        fmt = self.t.date_format if f is not None and f.column else None
+        out: str | None = self.get(f, lambda v: _parse_date(v, fmt, partial), "bad_date",
+                                   f"{what} is not a date"
+                                   + (f" in format {fmt!r}" if fmt else " (expected ISO)"))
+        return out
+
+
+def _observation(r: _Row, e: Element, fields: dict[str, Field]) -> dict[str, Any] | None:
+    """One observation from the value / unit / low / high / date / status fields of a row."""
+    vf = fields.get("value")
+    raw = r.raw(vf)
+    if raw is None:
+        return None
+    obs: dict[str, Any] = {"element": e.name}
+    try:
+        if e.kind == "quantity":
+            cmp, num = _parse_number(raw)
+            obs["value"] = num
+            if cmp:
+                obs["comparator"] = cmp
+        elif e.kind == "coded":
+            obs["value"] = _coded(raw, e, r.m.coded_values)
+        else:
+            obs["value"] = _boolean(raw, r.m.coded_values)
+    except ValueError:
+        what = {"quantity": "a number", "coded": f"one of {', '.join(e.values)}",
+                "boolean": "true or false"}.get(e.kind, "a value")
+        r.issue(vf, "bad_number" if e.kind == "quantity" else "bad_value",
+                f"{e.name}: {str(raw).strip()!r} is not {what}; result dropped")
+        return None
+    unit = r.raw(fields.get("unit"))
+    if unit is not None:
+        obs["unit"] = str(unit).strip()
+    if e.kind == "quantity":
+        rr = _reference_range(r, e, fields, obs.get("unit"))
+        if rr:
+            obs["reference_range"] = rr
+    dfield = fields.get("date")
+    d = r.date(dfield, f"{e.name} date")
+    if d is None:
+        if r.raw(dfield) is None:
+            r.issue(dfield, "missing_date", f"{e.name}: result has no date; result dropped")
+        else:
+            r.issues[-1]["msg"] += "; result dropped"
+        return None
+    obs["date"] = d
+    status = r.raw(fields.get("status"))
+    if status is not None:
+        obs["status"] = str(status).strip().lower()
+    obs["source"] = r.where
+    return obs
+
+
+def _reference_range(r: _Row, e: Element, fields: dict[str, Field],
+                     unit: str | None) -> dict[str, Any] | None:
+    lo_f, hi_f = fields.get("low"), fields.get("high")
+    lo_raw, hi_raw = r.raw(lo_f), r.raw(hi_f)
+    if lo_raw is None and hi_raw is None:
+        return None  # blank limits: no ULN, so x ULN criteria become unknown downstream
+    bounds: dict[str, Any] = {}
+    for key, f, raw in (("low", lo_f, lo_raw), ("high", hi_f, hi_raw)):
+        if raw is None:
+            continue
+        try:
+            cmp, num = _parse_number(raw)
+        except ValueError:
+            r.issue(f, "bad_reference_range", f"{e.name}: reference {key} {str(raw).strip()!r} "
+                                              f"is not a number; reference range dropped")
+            return None
+        bounds[key] = num
+    hi, lo = bounds.get("high"), bounds.get("low")
+    # A limit of 0 (seen in real exports as 'LOW 0, HIGH 0') or high <= low cannot be a normal
+    # range; used as a ULN it would make every result look infinitely elevated.
+    if hi is not None and (hi <= 0 or (lo is not None and hi <= lo)):
+        r.issue(hi_f, "bad_reference_range",
+                f"{e.name}: reference range {lo if lo is not None else ''}-{hi} is not a usable "
+                f"normal range; reference range dropped")
+        return None
+    if unit is not None:
+        bounds["unit"] = unit
+    return bounds
+
+
+def _condition_flag(r: _Row, cf: ConditionFlag) -> dict[str, Any] | None:
+    flag = cf.fields["column"]
+    raw = r.raw(flag)
+    if raw is None:
+        return None  # blank: not assessed, proves nothing
+    tok = str(raw).strip().lower()
+    if isinstance(raw, bool):
+        tok = "true" if raw else "false"
+    elif isinstance(raw, (int, float)) and float(raw) in (0.0, 1.0):
+        tok = str(int(raw))
+    if tok in cf.present:
+        cond: dict[str, Any] = {"element": cf.element}
+        onset = r.date(cf.fields.get("onset"), f"{cf.element} onset", partial=True)
+        if onset:
+            cond["onset"] = onset
+        abatement = r.date(cf.fields.get("abatement"), f"{cf.element} abatement", partial=True)
+        if abatement:
+            cond["abatement"] = abatement
+        cond["source"] = r.where
+        return cond
+    if tok in cf.absent:
+        if "date" not in cf.fields:
+            return None  # an undated "no" is not an assessment (see module docstring)
+        d = r.date(cf.fields["date"], f"{cf.element} assessment date")
+        if d is None:
+            if r.raw(cf.fields["date"]) is None:
+                r.issue(cf.fields["date"], "missing_date",
+                        f"{cf.element}: 'absent' flag has no assessment date; ignored")
+            return None
+        return {"element": cf.element, "present": False, "date": d, "source": r.where}
+    r.issue(flag, "bad_value", f"{cf.element}: flag {str(raw).strip()!r} is neither present "
+                               f"({', '.join(sorted(cf.present))}) nor absent "
+                               f"({', '.join(sorted(cf.absent))}); ignored")
+    return None
+
+
+def _exposure(r: _Row, xm: ElementMap) -> dict[str, Any] | None:
+    def days(v: Any) -> int:
+        cmp, num = _parse_number(v)
+        if cmp or num < 0 or num != int(num):
+            raise ValueError(v)
+        return int(num)
+
+    out: dict[str, Any] = {"element": xm.element}
+    d = r.get(xm.fields.get("days"), days, "bad_number", f"{xm.element} days is not a count")
+    if d is not None:
+        out["days"] = d
+    for k in ("start", "end"):
+        v = r.date(xm.fields.get(k), f"{xm.element} {k}")
+        if v is not None:
+            out[k] = v
+    if len(out) == 1:
+        return None
+    out["source"] = r.where
+    return out
+
+
+def _patient_id(raw: Any) -> str:
+    # Parquet and spreadsheet round trips turn 1520204 into 1520204.0; ids compare as text.
+    if isinstance(raw, float) and raw.is_integer():
+        return str(int(raw))
+    return str(raw).strip()
+
+
+@dataclass
+class _Group:
+    """The long-table rows of one patient, already parsed."""
+
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    rows: Counter[str] = field(default_factory=Counter)
+    unmapped: dict[str, Counter[str]] = field(default_factory=dict)
+
+
+def _load_long(m: Mapping, base_dir: str | Path | None,
+               stray: list[Issue]) -> dict[str, _Group]:
+    """Read every long table once and group its parsed rows by patient id (see Memory)."""
+    groups: dict[str, _Group] = {}
+    loinc = by_loinc()
+    for t in m.labs + m.problems:
+        cols = list(t.columns())
+        for n, cells, problem in _rows(m, t, base_dir, cols):
+            tmp: list[Issue] = []
+            r = _Row(m, t, n, cells, tmp)
+            if problem:
+                r.issue(None, "ragged_row", problem)
+                if not cells:
+                    stray.extend(tmp)
+                    continue
+            pid_raw = r.raw(t.fields["patient_id"])
+            if pid_raw is None:
+                r.issue(t.fields["patient_id"], "missing_id", "row has no patient id; skipped")
+                stray.extend(tmp)
+                continue
+            g = groups.setdefault(_patient_id(pid_raw), _Group())
+            g.rows[t.file] += 1
+            code_raw = r.raw(t.fields["code"])
+            code = str(code_raw).strip() if code_raw is not None else ""
+            label_raw = r.raw(t.fields.get("label"))
+            label = f" ({str(label_raw).strip()})" if label_raw is not None else ""
+            name: str | None
+            if t.role == "labs":
+                name = (code if code in ELEMENTS else None) if t.system == "element" \
+                    else loinc.get(code)
+                e = ELEMENTS.get(name) if name else None
+                if e is None or e.kind not in ("quantity", "coded", "boolean") \
+                        or e.name in DEMOGRAPHIC:
+                    name = None
+            else:
+                name = condition_for(_PROBLEM_SYSTEMS[t.system or "snomed"], code) if code \
+                    else None
+            if name is None:
+                system = (t.system or "").upper()
+                if not code:
+                    r.issue(t.fields["code"], "unmapped_code", "row has no code; skipped")
+                elif t.unmapped == "report":
+                    r.issue(t.fields["code"], "unmapped_code",
+                            f"{system} {code}{label} is not a catalogue element; skipped")
+                elif t.unmapped == "summary":
+                    g.unmapped.setdefault(t.file, Counter())[f"{code}{label}"] += 1
+                g.issues.extend(tmp)
+                continue
+            if t.role == "labs":
+                obs = _observation(r, ELEMENTS[name], t.fields)
+                if obs is not None:
+                    g.observations.append(obs)
+                elif r.raw(t.fields.get("value")) is None:
+                    r.issue(t.fields.get("value"), "missing_value",
+                            f"{name}: row has no value; skipped")
+            else:
+                cond = _problem(r, name)
+                if cond is not None:
+                    g.conditions.append(cond)
+            g.issues.extend(tmp)
+    return groups
+
+
+def _problem(r: _Row, name: str) -> dict[str, Any] | None:
+    f = r.t.fields
+    cond: dict[str, Any] = {"element": name}
+    onset = r.date(f.get("start"), f"{name} onset", partial=True)
+    if onset is None and r.raw(f.get("start")) is not None:
+        r.issues[-1]["msg"] += "; condition kept without onset"
+    if onset is not None:
+        cond["onset"] = onset
+    end = r.date(f.get("end"), f"{name} abatement", partial=True)
+    if end is not None:
+        cond["abatement"] = end
+    for k in ("clinical_status", "verification_status"):
+        v = r.raw(f.get(k))
+        if v is not None:
+            cond[k] = _token(v).replace("_", "-") if k == "verification_status" else _token(v)
+    cond["source"] = r.where
+    return cond
+
+
+def _summarise_unmapped(g: _Group) -> None:
+    for file, counts in sorted(g.unmapped.items()):
+        total = sum(counts.values())
+        shown = ", ".join(f"{c} x{k}" if k > 1 else c for c, k in counts.most_common(10))
+        more = f", and {len(counts) - 10} more codes" if len(counts) > 10 else ""
+        g.issues.append({"loc": file, "code": "unmapped_code",
+                         "msg": f"{total} rows with codes that are not catalogue elements "
+                                f"skipped: {shown}{more}"})
+
+
+def _patient(m: Mapping, r: _Row, pid: str) -> Patient:
+    f = m.patients.fields
+    pt: Patient = {"id": pid}
+    bd = r.date(f.get("birth_date"), "birth date", partial=True)
+    if bd is not None:
+        pt["birth_date"] = bd
+    else:
+        # The format takes age *instead of* a birth date, so it is used only as a fallback.
+        def age(v: Any) -> int:
+            cmp, num = _parse_number(v)
+            if cmp or num < 0 or num != int(num):
+                raise ValueError(v)
+            return int(num)
+
+        a = r.get(f.get("age"), age, "bad_number", "age is not a whole number of years")
+        if a is not None:
+            pt["age"] = a
+    sex_raw = r.raw(f.get("sex"))
+    if sex_raw is not None:
+        s = str(sex_raw).strip().lower()
+        sex = m.sex_values.get(s) or _SEX.get(s)
+        if sex is None:
+            r.issue(f.get("sex"), "bad_value", f"sex {str(sex_raw).strip()!r} is not one of "
+                                               f"female, male, other, unknown; sex left out")
+        else:
+            pt["sex"] = sex
+    observations: list[dict[str, Any]] = []
+    for em in m.elements:
+        obs = _observation(r, ELEMENTS[em.element], em.fields)
+        if obs is not None:
+            observations.append(obs)
+    conditions: list[dict[str, Any]] = []
+    for cf in m.conditions:
+        cond = _condition_flag(r, cf)
+        if cond is not None:
+            conditions.append(cond)
+    exposures: list[dict[str, Any]] = []
+    for xm in m.exposures:
+        x = _exposure(r, xm)
+        if x is not None:
+            exposures.append(x)
+    pt["observations"] = observations
+    pt["conditions"] = conditions
+    pt["exposures"] = exposures
+    reviewed: dict[str, str] = {}
+    for k, rf in m.reviewed.items():
+        d = r.date(rf, f"reviewed {k} date")
+        if d is not None:
+            reviewed[k] = d
+    if reviewed:
+        pt["reviewed"] = reviewed
+    return pt
+
+
+def iter_patients(mapping: Mapping, base_dir: str | Path | None = None) -> Iterator[Record]:
+    """Yield ``(locator, patient or None, issues)`` for every record, in patients-table order.
+
+    Tables and columns are checked first, so a wrong mapping fails here, before anything is
+    yielded (MappingError). After the patients table, rows of long tables whose patient id has
+    no patient row are yielded as ``(file:patient ID, None, issues)``; rows without any patient
+    id as one final ``(file, None, issues)`` record per table.
+    """
+    check_tables(mapping, base_dir)
+    return _iterate(mapping, base_dir)
+
+
+def _iterate(m: Mapping, base_dir: str | Path | None) -> Iterator[Record]:
+    stray: list[Issue] = []
+    groups = _load_long(m, base_dir, stray)
+    seen: set[str] = set()
+    t = m.patients
+    cols = sorted({f.column for f in _patient_fields(m).values() if f.column is not None})
+    for n, cells, problem in _rows(m, t, base_dir, cols):
+        issues: list[Issue] = []
+        r = _Row(m, t, n, cells, issues)
+        if problem:
+            r.issue(None, "ragged_row", problem)
+            if not cells:
+                yield r.where, None, issues
+                continue
+        pid_raw = r.raw(t.fields["id"])
+        if pid_raw is None:
+            r.issue(t.fields["id"], "missing_id", "patient row has no id; row skipped")
+            yield r.where, None, issues
+            continue
+        pid = _patient_id(pid_raw)
+        if pid in seen:
+            r.issue(t.fields["id"], "duplicate_id",
+                    f"patient id {pid!r} appeared in an earlier row; this row is skipped")
+            yield r.where, None, issues
+            continue
+        seen.add(pid)
+        pt = _patient(m, r, pid)
+        g = groups.pop(pid, None)
+        if g is not None:
+            pt["observations"].extend(g.observations)
+            pt["conditions"].extend(g.conditions)
+            _summarise_unmapped(g)
+            issues.extend(g.issues)
+        yield r.where, pt, issues
+    # Sorted so that the output does not depend on dict insertion details of the long tables.
+    for pid in sorted(groups):
+        g = groups[pid]
+        tables = ", ".join(f"{k} rows in {f}" for f, k in sorted(g.rows.items()))
+        issues = [{"loc": t.file, "code": "orphan_rows",
+                   "msg": f"patient id {pid!r} has {tables} but no row in {t.file}; "
+                          f"its data is not used"}]
+        yield f"{t.file}:patient {pid}", None, issues + g.issues
+    by_file: dict[str, list[Issue]] = {}
+    for i in stray:
+        by_file.setdefault(i["loc"].split(":row ", 1)[0], []).append(i)
+    for file, issues in by_file.items():
+        yield file, None, issues
