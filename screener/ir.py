@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 from typing import Literal, Union
 
 #: numbers are carried as integers: twice the value in millionths (see `encode_number`)
@@ -65,7 +66,7 @@ class Slot:
     within_days: int | None = None
     active: bool = False
 
-    @property
+    @cached_property
     def key(self) -> str:
         win = "any" if self.within_days is None else f"{self.within_days}d"
         act = "_active" if self.active else ""
@@ -156,9 +157,18 @@ def leaves(node: Node | None) -> list[Compare | Present]:
     return [x for p in node.parts for x in leaves(p)]
 
 
+_SLOTS: dict[int, tuple[Trial, list[Slot]]] = {}
+
+
 def slots_of(trial: Trial) -> list[Slot]:
+    """Every slot the trial's rules read, sorted by key (cached per trial object)."""
+    hit = _SLOTS.get(id(trial))
+    if hit is not None and hit[0] is trial:
+        return hit[1]
     seen: dict[str, Slot] = {}
     for c in trial.criteria:
         for leaf in leaves(c.logic) + leaves(c.applies_if):
             seen.setdefault(leaf.slot.key, leaf.slot)
-    return [seen[k] for k in sorted(seen)]
+    out = [seen[k] for k in sorted(seen)]
+    _SLOTS[id(trial)] = (trial, out)
+    return out

@@ -90,16 +90,30 @@ def _test(leaf: Compare | Present) -> str:
     return f"{el} {_SYMBOL[leaf.op]} {leaf.shown}{win}"
 
 
+_PLANS: dict[int, tuple[Node, list[tuple[str, str]]]] = {}
+
+
+def _plan(node: Node) -> list[tuple[str, str]]:
+    """(slot key, tests made on it) per slot a logic tree reads; cached per node object."""
+    hit = _PLANS.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    tests: dict[str, list[str]] = {}
+    for leaf in leaves(node):
+        t = _test(leaf)
+        lst = tests.setdefault(leaf.slot.key, [])
+        if t not in lst:
+            lst.append(t)
+    plan = [(k, "; ".join(v)) for k, v in tests.items()]
+    _PLANS[id(node)] = (node, plan)
+    return plan
+
+
 def _evidence(node: Node | None, evidence: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One evidence record per slot the criterion reads, naming every test made on it."""
-    by_slot: dict[str, dict[str, Any]] = {}
-    for leaf in leaves(node):
-        key = leaf.slot.key
-        if key not in by_slot:
-            by_slot[key] = dict(evidence.get(key, {}), test=_test(leaf))
-        elif _test(leaf) not in by_slot[key]["test"].split("; "):
-            by_slot[key]["test"] += "; " + _test(leaf)
-    return list(by_slot.values())
+    if node is None:
+        return []
+    return [dict(evidence.get(key, {}), test=test) for key, test in _plan(node)]
 
 
 def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
