@@ -1,0 +1,279 @@
+"""CDS Hooks 2.0: discovery (`GET /cds-services`) and the `trial-screening` service for the
+`patient-view` hook (`POST /cds-services/trial-screening`).
+
+Position: `api/` edge; maps a hook request onto the same screening as `POST /screen`.
+
+Decisions:
+* **Prefetch only.** The service never calls the EHR's FHIR server (it has no network access to
+  it by design, and a synchronous fetch would blow the latency budget). The discovery document
+  asks for the Patient, the Observations with the codes the loaded rules read, the Conditions,
+  and, when rules need them, medications and allergies. Without a prefetched Patient the answer
+  is one card saying what is missing (a 412 would be allowed by the spec, but EHRs typically
+  show nothing for an error, and then nobody learns that the integration is misconfigured).
+  A prefetch key that is absent, null or an OperationOutcome (the EHR could not fetch it) is
+  screened as missing data and named in the card.
+* **as_of** is today's date in UTC, taken here at the edge (the core never reads the clock) and
+  shown in every card and in its `extension`.
+* **Indicator:** `info` for eligible and ineligible (information, no action forced),
+  `warning` for needs_review (data or attestations are missing before the patient can be
+  considered), `critical` only when the prefetched Patient is not the patient in context
+  (the data cannot be trusted and nothing is screened).
+* **Link:** the full JSON report, stored for a limited time under a random token
+  (`api.reports`); opening it needs no API key, the token is the credential.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
+from screener.ir import slots_of
+from screener.report import dumps
+from screener.screen import Screener
+
+from .errors import invalid
+from .models import CdsRequest
+from .reports import ReportStore
+from .service import Context, from_resources, record_decisions, screen_all_reports
+
+SERVICE_ID = "trial-screening"
+HOOK = "patient-view"
+SOURCE_LABEL = "Clinical-trial eligibility screener"
+MAX_SUMMARY = 139  # the spec says "less than 140 characters"
+_OBS_KINDS = ("quantity", "coded", "boolean")
+
+
+# ---- discovery ------------------------------------------------------------------------------
+
+def elements_used(screener: Screener) -> set[str]:
+    return {name for c in screener.compiled.values() for slot in slots_of(c.trial)
+            for name in slot.element}
+
+
+def observation_codes(screener: Screener) -> list[str]:
+    """`system|code` tokens for every observation-like element the loaded rules read: LOINC
+    where the element has codes, the project CodeSystem where it has none (HCT-CI, donor)."""
+    out: list[str] = []
+    for name in sorted(elements_used(screener)):
+        e = ELEMENTS.get(name)
+        if e is None or e.kind not in _OBS_KINDS or name in DEMOGRAPHIC:
+            continue
+        if e.loinc:
+            out += [f"{LOINC}|{code}" for code in e.loinc]
+        else:
+            out.append(f"{PROJECT}|{name}")
+    return out
+
+
+def prefetch_templates(screener: Screener) -> dict[str, str]:
+    used = elements_used(screener)
+    kinds = {ELEMENTS[n].kind for n in used if n in ELEMENTS}
+    pid = "{{context.patientId}}"
+    t = {
+        "patient": f"Patient/{pid}",
+        "observations": f"Observation?patient={pid}&code=" + ",".join(observation_codes(screener)),
+        "conditions": f"Condition?patient={pid}",
+    }
+    if "exposure" in kinds:
+        t["medicationStatements"] = f"MedicationStatement?patient={pid}"
+        t["medicationAdministrations"] = f"MedicationAdministration?patient={pid}"
+    # the only allergy the rules read is a drug hypersensitivity, recorded as AllergyIntolerance
+    if any("hypersensitivity" in n for n in used):
+        t["allergies"] = f"AllergyIntolerance?patient={pid}"
+    return t
+
+
+def discovery(screener: Screener) -> dict[str, Any]:
+    trials = ", ".join(sorted(screener.compiled))
+    return {"services": [{
+        "hook": HOOK,
+        "id": SERVICE_ID,
+        "title": "Clinical-trial eligibility screening",
+        "description": f"Screens the patient in context against the loaded trials ({trials}) "
+                       "and returns one card per trial: eligible, needs review (with the "
+                       "missing data and attestations), or ineligible, with the per-criterion "
+                       "table.",
+        "prefetch": prefetch_templates(screener),
+        "usageRequirements": "Works from prefetch only: the service does not call the FHIR "
+                             "server. Send every prefetch key; a missing one is screened as "
+                             "missing data.",
+    }]}
+
+
+# ---- cards ----------------------------------------------------------------------------------
+
+def _short(name: str) -> str:
+    return name.upper() if len(name) <= 6 else name
+
+
+def _fit(head: str, items: list[str], tail: str, limit: int = MAX_SUMMARY) -> str:
+    """`head (a, b, c +2 more tail)` cut to the limit by dropping items, never mid-word."""
+    for k in range(len(items), -1, -1):
+        shown = items[:k]
+        more = len(items) - k
+        inner = ", ".join(shown) + (f" +{more} more" if more and shown else
+                                    (f"{more} items" if more else ""))
+        s = f"{head} ({inner}{tail})" if inner else head
+        if len(s) <= limit:
+            return s
+    return head[:limit]
+
+
+def summary(report: dict[str, Any]) -> str:
+    tid = report["trial"]["id"]
+    status = report["status"]
+    if status == "eligible":
+        return _fit(f"{tid}: likely eligible, every criterion met or attested", [], "")
+    if status == "ineligible":
+        failing = [c["id"] for c in report["criteria"]
+                   if not c["favourable"] and c["verdict"] != "unknown"]
+        return _fit(f"{tid}: not eligible", failing, " not met")
+    missing = [_short(m) for m in report["missing_data"]]
+    pending = len(report["pending_attestations"])
+    head = f"{tid}: needs review, {report['unresolved']} unresolved"
+    tail = " missing" if missing else ""
+    if pending:
+        tail += f"; {pending} to attest" if missing else f"{pending} to attest"
+    return _fit(head, missing, tail)
+
+
+def _cell(text: Any, limit: int = 160) -> str:
+    s = " ".join(str(text).split()).replace("|", "\\|")
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _evidence(c: dict[str, Any]) -> str:
+    if c["verdict"] == "unknown":
+        return "missing: " + "; ".join(m["reason"] for m in c.get("missing", []))
+    if "attested" in c:
+        return f"attested {c['attested']}"
+    parts = []
+    for e in c["evidence"]:
+        if "missing" in e:
+            continue
+        s = f"{e['element']} = {e.get('value')}"
+        if "ratio" in e:
+            s += f" ({e['ratio']} x ULN {e['uln']})"
+        if "date" in e:
+            s += f" on {e['date']}"
+        parts.append(s)
+    text = ", ".join(parts)
+    if c["verdict"] == "not_applicable":
+        text = "does not apply: " + text
+    if "policy" in c:
+        text += f" [policy: {c['policy']['reason']}]"
+    return text
+
+
+_VERDICT = {"met": "met", "not_met": "not met", "unknown": "**unknown**",
+            "not_applicable": "n/a"}
+
+
+def detail(report: dict[str, Any], not_prefetched: list[str]) -> str:
+    t = report["trial"]
+    n = report["counts"]
+    lines = [
+        f"**{t['id']}** v{t['version']}: {_cell(t['title'], 200)}",
+        "",
+        f"Status **{report['status'].replace('_', ' ')}** as of {report['as_of']}: "
+        f"{n['met']} met, {n['not_met']} not met, {n['unknown']} unknown, "
+        f"{n['not_applicable']} not applicable.",
+        "",
+        "| Criterion | Kind | Verdict | Evidence / missing |",
+        "|---|---|---|---|",
+    ]
+    for c in report["criteria"]:
+        mark = "" if c["favourable"] else " ✗" if c["verdict"] != "unknown" else ""
+        lines.append(f"| {c['id']} | {c['kind']} | {_VERDICT[c['verdict']]}{mark} | "
+                     f"{_cell(_evidence(c))} |")
+    lines.append("")
+    if report["missing_data"]:
+        labels = [f"{m} ({ELEMENTS[m].label})" if m in ELEMENTS else m
+                  for m in report["missing_data"]]
+        lines.append("**Missing data:** " + ", ".join(labels) + ".")
+    if report["pending_attestations"]:
+        lines.append("**Pending attestations:** " + ", ".join(report["pending_attestations"])
+                     + ".")
+    if not_prefetched:
+        lines.append("**Not prefetched by the EHR:** " + ", ".join(not_prefetched) + ".")
+    if report["data_issues_total"]:
+        lines.append(f"**Data issues:** {report['data_issues_total']} (in the full report).")
+    lines += ["", f"Ruleset `{t['ruleset_hash']}`, input `{report['input_hash']}`, "
+              f"{report['engine']}."]
+    return "\n".join(lines)
+
+
+def _card(summary_: str, indicator: str, detail_: str, **extra: Any) -> dict[str, Any]:
+    return {"uuid": str(uuid.uuid4()), "summary": summary_[:MAX_SUMMARY], "indicator": indicator,
+            "detail": detail_, "source": {"label": SOURCE_LABEL}, **extra}
+
+
+def report_card(report: dict[str, Any], link: str | None, not_prefetched: list[str]
+                ) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "extension": {"screener": {
+            "trial": report["trial"]["id"], "status": report["status"],
+            "as_of": report["as_of"], "input_hash": report["input_hash"],
+            "ruleset_hash": report["trial"]["ruleset_hash"], "engine": report["engine"]}},
+    }
+    if link is not None:
+        extra["links"] = [{"label": f"Full screening report ({report['trial']['id']})",
+                           "url": link, "type": "absolute"}]
+    indicator = "warning" if report["status"] == "needs_review" else "info"
+    return _card(summary(report), indicator, detail(report, not_prefetched), **extra)
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+def _is_outcome(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("resourceType") == "OperationOutcome"
+
+
+def _patient_ref(v: str) -> str:
+    return v.split("/")[-1] if v.startswith("Patient/") else v
+
+
+def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> dict[str, Any]:
+    """Answer one hook call (synchronous: it runs the engine)."""
+    if req.hook != HOOK:
+        raise invalid(["body", "hook"], f"service {SERVICE_ID!r} answers the {HOOK!r} hook, "
+                      f"not {req.hook!r}", "unsupported_hook")
+    today = datetime.now(timezone.utc).date()
+    expected = prefetch_templates(ctx.holder.current)
+    prefetch = req.prefetch or {}
+    patient = prefetch.get("patient")
+    if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
+        keys = ", ".join(expected)
+        return {"cards": [_card(
+            "Trial screening needs prefetched FHIR data; nothing was screened",
+            "warning",
+            "This service works from CDS Hooks prefetch only and received no Patient "
+            f"resource. Configure the EHR to send the prefetch keys ({keys}) listed by "
+            "`GET /cds-services`.")]}
+    context_id = _patient_ref(req.context.patientId)
+    if patient.get("id") != context_id:
+        return {"cards": [_card(
+            "Prefetched Patient is not the patient in context; nothing was screened",
+            "critical",
+            "The `patient` prefetch holds a different Patient id than `context.patientId`. "
+            "Screening data that may belong to another patient would be unsafe.")]}
+    not_prefetched = sorted(k for k in expected
+                            if k != "patient" and (prefetch.get(k) is None
+                                                   or _is_outcome(prefetch.get(k))))
+    resources: Iterable[Any] = [v for k, v in sorted(prefetch.items())
+                                if v is not None and not _is_outcome(v)]
+    t0 = time.perf_counter()
+    canon = from_resources(list(resources))
+    reports = screen_all_reports(ctx, canon, today, None)
+    record_decisions(ctx, reports, "cds-hooks", canon.format, time.perf_counter() - t0)
+    cards = []
+    for r in reports:
+        full = dict(r)
+        if canon.issues:
+            full["adapter_issues"] = canon.issues
+        token = store.put(dumps(full).encode())
+        cards.append(report_card(r, f"{base_url}/reports/{token}", not_prefetched))
+    return {"cards": cards}

@@ -1,0 +1,196 @@
+"""What the routes do, without HTTP: strict JSON, input -> canonical patient -> Screener ->
+report bytes, decision log and metrics.
+
+Position: `api/` edge, called by `app` and `cds_hooks`. Every function here that screens is
+synchronous and must run in a worker thread (FastAPI runs `def` endpoints in its threadpool):
+durable_rules holds the GIL in C and is serialised by a lock inside `screener.engine`, so running
+it on the event loop would stall every other connection of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Mapping
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from screener.errors import PatientDataError, UnknownTrial, did_you_mean
+from screener.report import AttestationError, dumps, normalise_attestations
+
+from .decisions import DecisionLog
+from .errors import ApiError, from_attestation_error, from_patient_error, invalid, unknown_trial
+from .metrics import Metrics
+from .models import ScreenAllRequest, ScreenRequest
+from .state import ScreenerHolder
+
+JSON = "application/json"
+
+
+# ---- strict JSON ----------------------------------------------------------------------------
+
+class _Constant(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def parse_json_strict(raw: bytes) -> Any:
+    """json.loads, refusing NaN / Infinity (Python's json accepts them; JSON does not, and a NaN
+    lab value must never reach a comparison) and reporting where the text is broken."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except _Constant as e:
+        raise invalid(["body"], f"{e} is not valid JSON (JSON has no NaN or Infinity)",
+                      "json_invalid") from None
+    except json.JSONDecodeError as e:
+        raise invalid(["body", e.pos], f"invalid JSON at line {e.lineno} column {e.colno}: "
+                      f"{e.msg}", "json_invalid") from None
+    except UnicodeDecodeError:
+        raise invalid(["body"], "the body is not UTF-8 text", "json_invalid") from None
+    except RecursionError:
+        raise invalid(["body"], "JSON nested too deeply", "json_invalid") from None
+
+
+class StrictRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json_strict(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """An APIRoute whose JSON body is parsed by `parse_json_strict` (FastAPI calls
+    `request.json()`, which in Starlette accepts NaN)."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictRequest(request.scope, request.receive))  # type: ignore[no-any-return]
+
+        return strict_handler
+
+
+# ---- screening ------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    holder: ScreenerHolder
+    metrics: Metrics
+    decisions: DecisionLog | None
+
+
+@dataclass
+class Canonical:
+    patient: Any
+    issues: list[Any]
+    format: str          # "canonical" | "fhir"
+    loc: tuple[str, ...]  # where the patient came from in the request, for error locations
+
+
+def to_canonical(patient: Mapping[str, Any] | None, fhir: Any) -> Canonical:
+    if patient is not None:
+        return Canonical(patient, [], "canonical", ("body", "patient"))
+    from screener.adapters.fhir import bundle_to_patient
+    doc, issues = bundle_to_patient(fhir)
+    return Canonical(doc, list(issues), "fhir", ("body", "fhir"))
+
+
+def from_resources(resources: list[Any]) -> Canonical:
+    from screener.adapters.fhir import resources_to_patient
+    doc, issues = resources_to_patient(resources)
+    return Canonical(doc, list(issues), "fhir", ("body", "prefetch"))
+
+
+def record_decisions(ctx: Context, reports: list[dict[str, Any]], via: str, fmt: str,
+                     seconds: float) -> None:
+    ctx.metrics.screen_latency.labels(fmt).observe(seconds)
+    for r in reports:
+        ctx.metrics.verdicts.labels(r["trial"]["id"], r["status"]).inc()
+    if ctx.decisions is not None:
+        ctx.decisions.write(reports, via=via, input_format=fmt)
+
+
+def screen_one(ctx: Context, trial_id: str, req: ScreenRequest) -> bytes:
+    t0 = time.perf_counter()
+    with ctx.holder.lease() as s:
+        try:
+            s.get(trial_id)  # before any work: an unknown trial is a 404 whatever the body
+        except UnknownTrial as e:
+            raise unknown_trial(e) from None
+        canon = to_canonical(req.patient, req.fhir)
+        try:
+            report = s.screen(trial_id, canon.patient, req.as_of, req.attestations)
+        except PatientDataError as e:
+            raise from_patient_error(e, canon.loc) from None
+        except AttestationError as e:
+            raise from_attestation_error(e) from None
+        except RecursionError:
+            raise invalid(list(canon.loc), "patient data nested too deeply") from None
+    if canon.issues:  # as the CLI does: the key is there only when there is something to say
+        report["adapter_issues"] = canon.issues
+    record_decisions(ctx, [report], "api", canon.format, time.perf_counter() - t0)
+    return dumps(report).encode()
+
+
+def check_attestations_by_trial(ctx_screener: Any, raw: Mapping[str, Any] | None) -> None:
+    """POST /screen takes attestations per trial id; the core ignores ids it does not know,
+    which would silently drop a typo'd trial id, so both levels are checked here."""
+    for tid, att in (raw or {}).items():
+        comp = ctx_screener.compiled.get(tid)
+        if comp is None:
+            hint = did_you_mean(tid, ctx_screener.compiled)
+            raise invalid(["body", "attestations", tid], f"unknown trial {tid!r}"
+                          + (f" (did you mean {hint!r}?)" if hint else ""), "unknown_trial")
+        try:
+            normalise_attestations(comp.trial, att)
+        except AttestationError as e:
+            raise from_attestation_error(e, ("body", "attestations", tid)) from None
+
+
+def screen_all_reports(ctx: Context, canon: Canonical, as_of: date,
+                       attestations: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    with ctx.holder.lease() as s:
+        check_attestations_by_trial(s, attestations)
+        try:
+            reports = s.screen_all(canon.patient, as_of, attestations)
+        except PatientDataError as e:
+            raise from_patient_error(e, canon.loc) from None
+        except AttestationError as e:  # pragma: no cover - checked above
+            raise from_attestation_error(e) from None
+        except RecursionError:
+            raise invalid(list(canon.loc), "patient data nested too deeply") from None
+    return reports
+
+
+def screen_all(ctx: Context, req: ScreenAllRequest) -> bytes:
+    t0 = time.perf_counter()
+    canon = to_canonical(req.patient, req.fhir)
+    reports = screen_all_reports(ctx, canon, req.as_of, req.attestations)
+    record_decisions(ctx, reports, "api", canon.format, time.perf_counter() - t0)
+    body: dict[str, Any] = {
+        "as_of": req.as_of.isoformat(),
+        "input_hash": reports[0]["input_hash"] if reports else None,
+        "reports": reports,
+    }
+    if canon.issues:
+        body["adapter_issues"] = canon.issues
+    return dumps(body).encode()
+
+
+def raise_if_unknown(holder: ScreenerHolder, trial_id: str) -> None:
+    try:
+        holder.current.get(trial_id)
+    except UnknownTrial as e:
+        raise unknown_trial(e) from None
+
+
+__all__ = ["ApiError", "Context", "JSON", "StrictJSONRoute", "parse_json_strict", "screen_all",
+           "screen_one"]
