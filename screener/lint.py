@@ -1,16 +1,603 @@
-"""Static checks beyond the schema (stage 2b, for `screener check`).
+"""Static checks beyond the schema: stage 2b of the pipeline, run by `screener check`.
 
-Each check yields located `RuleError` findings with a stable code, a severity and a fix hint.
-Runs only on files that load; schema and parse errors are reported by `screen.check_file`.
+load -> validate (schema) -> parse (IR) -> **lint** -> compile. The schema checks shape and the
+parser checks sense leaf by leaf; this pass looks at what a criterion *means* once parsed: a
+condition that no patient can satisfy, an inclusion and an exclusion that exclude everybody, a
+threshold that looks like it was copied in the wrong unit, text that drifted from the protocol.
+It runs only on files that load, validate and parse cleanly (the earlier stages already report
+everything else), and it never executes the engine: truth is decided with the reference
+evaluator over a small set of representative facts per slot.
+
+Every finding is a located `RuleError` with a stable code (``lint.*`` for the rules,
+``example.*`` for the examples inside rule files), a severity and a fix hint. Codes and what
+they mean are listed in docs/rules.md ("Checks").
+
+Why representative facts are enough: every leaf compares one slot with constant thresholds, so
+the truth of the whole tree is constant on each interval between two consecutive thresholds.
+Taking, per slot, each threshold, a point just below and just above it and the ends of the
+element's plausible range covers every interval; the enumeration is exact, not a sample.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import itertools
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
 
+from . import reference
+from .elements import ELEMENTS, Element
 from .errors import RuleError
+from .ir import (
+    All,
+    Any_,
+    Compare,
+    Criterion,
+    Node,
+    Not,
+    Present,
+    Slot,
+    Trial,
+    decode_number,
+    encode_number,
+    leaves,
+)
+from .load import Located, Path, load
+from .parse import parse
+from .validate import schema_errors
+
+#: beyond this many fact combinations a criterion is not enumerated (none of the seed trials'
+#: criteria comes near: the largest has 3 slots and about 200 combinations)
+MAX_COMBINATIONS = 200_000
+#: a multiple of the ULN above this is almost certainly an absolute value written as x_uln
+MAX_SENSIBLE_X_ULN = 20
+
+#: Thresholds a protocol plausibly writes, in the element's canonical unit, for the elements that
+#: laboratories also report in another unit. A `value` threshold outside this band that lands
+#: inside it once read in another accepted unit was most likely copied from a report in that
+#: unit: a silent 17- to 88-fold error. Elements without an entry get no such check (adding one
+#: is optional and needs no other change).
+TYPICAL_THRESHOLDS: dict[str, tuple[Fraction, Fraction]] = {
+    "creatinine": (Fraction("0.2"), Fraction(15)),
+    "bilirubin_total": (Fraction("0.1"), Fraction(30)),
+    "bun": (Fraction(2), Fraction(150)),
+    "alt": (Fraction(5), Fraction(5000)),
+    "ast": (Fraction(5), Fraction(5000)),
+}
+
+#: values the normalizer never puts in a slot (they make the slot unknown instead)
+_NEVER_IN_SLOT = frozenset({"indeterminate", "unknown"})
+_SYMBOL = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!=", "in": "in",
+           "not_in": "not in", "between": "between"}
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+_BULLETS = re.compile(r"[\u2022\u2023\u25aa\u25e6\u2043\u2219\u25cf\u00b7]")
+
+
+# ---- describing leaves (shared with `screener explain`) ------------------------------------
+
+def fmt_number(x: Fraction) -> str:
+    """A threshold as an author would write it: 3, 1.25, 0.226."""
+    if x.denominator == 1:
+        return str(x.numerator)
+    return f"{float(x):.6f}".rstrip("0").rstrip(".")
+
+
+def unit_label(unit: str | None) -> str:
+    """A canonical unit as readers say it ('' for unitless scores)."""
+    return {"a": "years", "d": "days", "{score}": "", None: ""}.get(unit, unit or "")
+
+
+def pretty_unit(spelling: str) -> str:
+    """A normalised unit spelling ('umol/l') as usually written ('umol/L')."""
+    return spelling.replace("/dl", "/dL").replace("/l", "/L")
+
+
+def _value_text(el: Element | None, mode: str, v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = fmt_number(decode_number(v))
+        if mode == "uln":
+            return f"{n} x ULN"
+        if mode == "days":
+            return f"{n} days"
+        unit = unit_label(el.unit) if el is not None else ""
+        return f"{n} {unit}" if unit and unit != "years" else n
+    return str(v)
+
+
+def describe(leaf: Compare | Present) -> str:
+    """One readable line for a leaf: ``alt <= 3 x ULN (newest within 30 days)``."""
+    win = leaf.slot.within_days
+    if isinstance(leaf, Present):
+        names = " or ".join(leaf.slot.element)
+        extra = []
+        if win is not None:
+            extra.append(f"within {win} days")
+        if leaf.slot.active:
+            extra.append("still active")
+        return f"{names} recorded" + (f" ({', '.join(extra)})" if extra else "")
+    name = leaf.slot.element[0]
+    el = ELEMENTS.get(name)
+    mode = leaf.slot.mode
+    if leaf.op == "between":
+        lo, hi = (_value_text(el, mode, v) for v in leaf.values)
+        rhs = f"{lo} and {hi}"
+    elif leaf.op in ("in", "not_in"):
+        rhs = "[" + ", ".join(_value_text(el, mode, v) for v in leaf.values) + "]"
+    else:
+        rhs = _value_text(el, mode, leaf.values[0])
+    subject = f"{name} days" if mode == "days" else name
+    text = f"{subject} {_SYMBOL[leaf.op]} {rhs}"
+    return text + (f" (newest within {win} days)" if win is not None else "")
+
+
+# ---- representative facts ------------------------------------------------------------------
+
+def _range_of(slot: Slot) -> tuple[Fraction | None, Fraction | None, bool]:
+    """Plausible range (canonical unit) and integrality of a numeric slot's values."""
+    if slot.mode == "uln":
+        return Fraction(0), None, False
+    el = ELEMENTS[slot.element[0]]
+    if el.plausible is None:
+        return None, None, el.integer
+    lo, hi = el.plausible
+    return Fraction(lo), Fraction(hi), el.integer
+
+
+def is_numeric(slot: Slot) -> bool:
+    if slot.mode in ("uln", "days"):
+        return True
+    if slot.mode == "present":
+        return False
+    return ELEMENTS[slot.element[0]].kind in ("quantity", "derived", "exposure")
+
+
+def candidates(slot: Slot, thresholds: Iterable[int]) -> list[int | str]:
+    """Values of `slot` that between them take every path through leaves with `thresholds`."""
+    if slot.mode == "present":
+        return ["false", "true"]
+    if not is_numeric(slot):
+        el = ELEMENTS[slot.element[0]]
+        if el.kind == "boolean":
+            return ["false", "true"]
+        return [v for v in el.values if v not in _NEVER_IN_SLOT]
+    lo, hi, integer = _range_of(slot)
+    ts = sorted(set(thresholds))
+
+    def inside(x: Fraction) -> bool:
+        return (lo is None or x >= lo) and (hi is None or x <= hi)
+
+    points: set[Fraction] = set()
+    codes: set[int] = set()
+    for t in ts:
+        x = decode_number(t)
+        if integer:
+            f, c = math.floor(x), math.ceil(x)
+            points |= {Fraction(f - 1), Fraction(f), Fraction(c), Fraction(c + 1)}
+        else:
+            codes |= {t - 1, t, t + 1}  # odd codes: strictly between two millionths
+    if lo is not None:
+        points.add(Fraction(math.ceil(lo)) if integer else lo)
+    if hi is not None:
+        points.add(Fraction(math.floor(hi)) if integer else hi)
+    if not ts and lo is None and hi is None:
+        points.add(Fraction(0))
+    for p in points:
+        if inside(p):
+            code = encode_number(p)
+            if code is not None:
+                codes.add(code)
+    return sorted(c for c in codes if inside(_decode_any(c)))
+
+
+def _decode_any(code: int) -> Fraction:
+    """Value of a code; an odd code stands for a point strictly inside its millionth."""
+    base = decode_number(code)
+    return base + Fraction(1, 4_000_000) if code % 2 else base
+
+
+def thresholds_by_slot(nodes: Iterable[Node | None]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for node in nodes:
+        for leaf in leaves(node):
+            lst = out.setdefault(leaf.slot.key, [])
+            if isinstance(leaf, Compare):
+                lst += [v for v in leaf.values if isinstance(v, int)]
+    return out
+
+
+def slots_in(nodes: Iterable[Node | None]) -> dict[str, Slot]:
+    return {leaf.slot.key: leaf.slot for n in nodes for leaf in leaves(n)}
+
+
+def assignments(slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
+                with_unknown: bool = False) -> list[dict[str, Any]] | None:
+    """Every combination of representative values; None when there would be too many."""
+    keys = sorted(slots)
+    domains: list[list[Any]] = []
+    for k in keys:
+        dom: list[Any] = list(candidates(slots[k], thresholds.get(k, [])))
+        if with_unknown:
+            dom.append(None)
+        domains.append(dom)
+    if math.prod(len(d) for d in domains) > MAX_COMBINATIONS:
+        return None
+    return [{k: v for k, v in zip(keys, combo, strict=True) if v is not None}
+            for combo in itertools.product(*domains)]
+
+
+def outcomes(node: Node, facts: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The truth values (T / F / U) `node` takes over the given facts."""
+    out: set[str] = set()
+    for f in facts:
+        out.add(tri(reference.evaluate(node, f)))
+    return out
+
+
+def tri(v: Any) -> str:
+    return "T" if v is True else "F" if v is False else "U"
+
+
+def favourable(c: Criterion, facts: Mapping[str, Any]) -> bool:
+    """Would this (data-decided) criterion stand out of the patient's way on these facts?"""
+    if c.applies_if is not None and reference.evaluate(c.applies_if, facts) is False:
+        return True
+    assert c.logic is not None
+    v = reference.evaluate(c.logic, facts)
+    return v is True if c.kind == "inclusion" else v is False
+
+
+# ---- the checks ----------------------------------------------------------------------------
+
+def _walk(node: Node, p: Path) -> Iterator[tuple[Node, Path]]:
+    """Each IR node with the JSON path of the YAML it came from (parse keeps the shape)."""
+    yield node, p
+    if isinstance(node, All):
+        for i, part in enumerate(node.parts):
+            yield from _walk(part, p + ("all", i))
+    elif isinstance(node, Any_):
+        for i, part in enumerate(node.parts):
+            yield from _walk(part, p + ("any", i))
+    elif isinstance(node, Not):
+        yield from _walk(node.part, p + ("not",))
+
+
+def _norm_text(s: str) -> str:
+    """Protocol text as compared: NFKC, bullets and line breaks dropped, spaces collapsed, no
+    space before closing punctuation (copies from web pages differ in exactly these)."""
+    s = unicodedata.normalize("NFKC", s)
+    s = _BULLETS.sub(" ", s)
+    s = " ".join(s.split())
+    s = re.sub(r"\s+([),.;:])", r"\1", s)
+    return re.sub(r"([(])\s+", r"\1", s)
+
+
+@dataclass
+class Linter:
+    """All checks for one parsed trial. `source_text` is the protocol text the file names
+    (None when it names a URL or nothing readable); reading it is the caller's job."""
+
+    doc: Located
+    trial: Trial
+    source_text: str | None = None
+    source_problem: str | None = None
+    findings: list[RuleError] = field(default_factory=list)
+
+    def add(self, p: Path, code: str, msg: str, severity: str = "warning",
+            hint: str | None = None, criterion: str | None = None, key: bool = False,
+            suggestion: str | None = None) -> None:
+        line, col = self.doc.pos(p, key=key)
+        self.findings.append(RuleError(self.doc.path, line, col, code, msg, severity,
+                                       suggestion, hint, criterion))
+
+    def run(self) -> list[RuleError]:
+        raw = self.doc.data["criteria"]
+        for i, c in enumerate(self.trial.criteria):
+            p: Path = ("criteria", i)
+            self.text(c, raw[i], p)
+            self.policy(c, p)
+            explained = False
+            for name in ("logic", "applies_if"):
+                node = getattr(c, name)
+                if node is not None:
+                    explained |= self.nodes(c, node, p + (name,))
+            self.windows(c, p)
+            self.constant(c, p, explained)
+        self.conflicts()
+        from .authoring import example_findings  # examples live beside the criteria
+        self.findings += example_findings(self.doc, self.trial)
+        return sorted(set(self.findings))
+
+    # -- text ---------------------------------------------------------------------------------
+    def text(self, c: Criterion, raw: Mapping[str, Any], p: Path) -> None:
+        if self.source_text is None:
+            return
+        src = _norm_text(self.source_text)
+        missing = [f for f in (_norm_text(x) for x in str(raw["text"]).split(";"))
+                   if f and f not in src]
+        if missing:
+            shown = missing[0] if len(missing[0]) <= 60 else missing[0][:57] + "..."
+            self.add(p + ("text",), "lint.text_not_in_source",
+                     f"text of {c.id!r} does not occur in the source protocol "
+                     f"({self.trial.source}): {shown!r}",
+                     hint="copy the protocol's own words; line breaks, bullets and spacing are "
+                          "ignored, and ';' may separate words taken from different places",
+                     criterion=c.id)
+
+    # -- missing-data policy ------------------------------------------------------------------
+    def policy(self, c: Criterion, p: Path) -> None:
+        if c.on_unknown is None:
+            return
+        if c.manual:
+            self.add(p + ("on_unknown",), "lint.manual_on_unknown",
+                     f"manual criterion {c.id!r} has on_unknown: it is never unknown, so the "
+                     "attestation is never asked for", "error", key=True, criterion=c.id,
+                     hint="remove on_unknown; a manual criterion resolves only by attestation")
+            return
+        fav = "met" if c.kind == "inclusion" else "not_met"
+        if c.on_unknown.verdict == fav:
+            self.add(p + ("on_unknown", "verdict"), "lint.unknown_favourable",
+                     f"on_unknown makes missing data count in the patient's favour "
+                     f"({c.kind} {c.on_unknown.verdict}): a patient with no data for {c.id!r} "
+                     "can be reported eligible", criterion=c.id,
+                     hint="keep the default (unknown) unless the protocol says missing data "
+                          "does not matter; the reason is shown in every report")
+
+    # -- node-level checks: constants, contradictions, units ----------------------------------
+    def nodes(self, c: Criterion, root: Node, base: Path) -> bool:
+        """Leaf and `all` checks. True when a contradiction (an error that already says the
+        criterion is never met) was found, so the criterion-level finding would repeat it; a
+        leaf finding does not count: it is a warning, and the criterion-level error says what
+        the leaf does to the whole criterion."""
+        explained = False
+        for node, p in _walk(root, base):
+            if isinstance(node, Compare):
+                self.leaf(c, node, p)
+            elif isinstance(node, (All, Any_)):
+                explained |= self.siblings(c, node, p)
+        return explained
+
+    def leaf(self, c: Criterion, leaf: Compare, p: Path) -> None:
+        slot = leaf.slot
+        el = ELEMENTS[slot.element[0]]
+        if slot.within_days == 0:
+            self.add(p + ("within_days",), "lint.window_zero",
+                     "within_days: 0 counts only data dated on as_of itself",
+                     hint="give the protocol's window (e.g. 30) or drop within_days for no limit",
+                     criterion=c.id)
+        if slot.mode == "uln":
+            x = decode_number(int(leaf.values[0]))
+            if x > MAX_SENSIBLE_X_ULN:
+                self.add(p + ("x_uln",), "lint.x_uln_large",
+                         f"{fmt_number(x)} x ULN is an unusual multiple of the upper limit of "
+                         "normal", criterion=c.id,
+                         hint=f"x_uln is a multiple (3 = three times the ULN); for an absolute "
+                              f"threshold in {el.unit} write 'value:' instead")
+                return
+        if slot.mode == "value" and el.kind == "quantity" and self.unit(c, leaf, el, p):
+            return  # the unit explains the odd threshold better than its range would
+        if not is_numeric(slot):
+            return
+        facts = [{slot.key: v} for v in candidates(slot, [int(v) for v in leaf.values])]
+        seen = outcomes(leaf, facts)
+        if len(seen) != 1:
+            return
+        always = seen == {"T"}
+        lo, hi, _ = _range_of(slot)
+        rng = ("from " + fmt_number(lo) if lo is not None else "") + \
+              (" to " + fmt_number(hi) if hi is not None else " upwards")
+        unit = unit_label("d" if slot.mode == "days" else el.unit)
+        what = "a multiple of the ULN" if slot.mode == "uln" else f"{slot.element[0]}"
+        self.add(p, "lint.leaf_always" if always else "lint.leaf_never",
+                 f"'{describe(leaf)}' is {'always' if always else 'never'} true: {what} "
+                 f"ranges {rng}{' ' + unit if unit else ''}", criterion=c.id,
+                 hint="check the threshold and the operator"
+                      + (f"; thresholds are in {unit} (docs/data-elements.md)" if unit else ""))
+
+    def unit(self, c: Criterion, leaf: Compare, el: Element, p: Path) -> bool:
+        band = TYPICAL_THRESHOLDS.get(el.name)
+        if band is None or leaf.op in ("==", "!="):
+            return False
+        lo, hi = band
+        for i, v in enumerate(leaf.values):
+            x = decode_number(int(v))
+            if lo <= x <= hi:
+                continue
+            for spelling, factor in sorted(el.units.items()):
+                if factor == 1 or not spelling.isascii():
+                    continue
+                y = x * factor
+                if lo <= y <= hi:
+                    at = p + ("value", i) if len(leaf.values) > 1 else p + ("value",)
+                    other = pretty_unit(spelling)
+                    how = (f"{other} / {fmt_number(1 / factor)}" if factor < 1 else
+                           f"{other} x {fmt_number(factor)}")
+                    self.add(at, "lint.unit_suspect",
+                             f"{el.name} threshold {fmt_number(x)} {el.unit} is unusual (typical "
+                             f"thresholds {fmt_number(lo)}-{fmt_number(hi)} {el.unit}); it looks "
+                             f"like a value in {other} (= {float(y):.3g} {el.unit})",
+                             criterion=c.id,
+                             hint=f"'value' thresholds are in {el.unit}, the canonical unit: "
+                                  f"convert ({how} = {el.unit}) or compare with the result's "
+                                  "own ULN using x_uln")
+                    return True
+        return False
+
+    def siblings(self, c: Criterion, node: All | Any_, p: Path) -> bool:
+        word = "all" if isinstance(node, All) else "any"
+        by_slot: dict[str, list[tuple[int, Compare]]] = {}
+        for i, part in enumerate(node.parts):
+            if isinstance(part, Compare):
+                by_slot.setdefault(part.slot.key, []).append((i, part))
+        seen_parts: dict[Node, int] = {}
+        for i, part in enumerate(node.parts):
+            if part in seen_parts:
+                self.add(p + (word, i), "lint.duplicate_condition",
+                         f"this part repeats part {seen_parts[part] + 1} of the same '{word}'",
+                         criterion=c.id, hint="remove the repetition")
+            else:
+                seen_parts[part] = i
+        if not isinstance(node, All):
+            return False
+        for key, parts in sorted(by_slot.items()):
+            if len(parts) < 2:
+                continue
+            slot = parts[0][1].slot
+            doms = candidates(slot, [int(v) for _, x in parts for v in x.values])
+            for (i, a), (j, b) in itertools.combinations(parts, 2):
+                if not any(reference.evaluate(a, {key: v}) is True and
+                           reference.evaluate(b, {key: v}) is True for v in doms):
+                    la = self.doc.pos(p + ("all", i))[0]
+                    self.add(p + ("all", j), "lint.contradiction",
+                             f"'{describe(b)}' contradicts '{describe(a)}' (line {la}): no "
+                             f"value satisfies both, so this 'all' is never true",
+                             "error", criterion=c.id,
+                             hint="for 'either ... or' use 'any'; otherwise fix the threshold "
+                                  "or the operator")
+                    return True
+        return False
+
+    # -- windows ------------------------------------------------------------------------------
+    def windows(self, c: Criterion, base: Path) -> None:
+        first: dict[str, tuple[int | None, str]] = {}
+        for name in ("logic", "applies_if"):
+            root = getattr(c, name)
+            if root is None:
+                continue
+            for node, p in _walk(root, base + (name,)):
+                if not isinstance(node, (Compare, Present)):
+                    continue
+                for el in node.slot.element:
+                    win = node.slot.within_days
+                    line, col = self.doc.pos(p)
+                    if el not in first:
+                        first[el] = (win, f"{line}:{col}")
+                    elif first[el][0] != win:
+                        fw, fl = first[el]
+                        self.add(p, "lint.window_mismatch",
+                                 f"{el} is read {_win(win)} here but {_win(fw)} at {fl}: "
+                                 "the two tests may look at different results",
+                                 criterion=c.id,
+                                 hint="use one window per data element within a criterion")
+
+    # -- whole criteria -----------------------------------------------------------------------
+    def constant(self, c: Criterion, p: Path, explained: bool) -> None:
+        if c.applies_if is not None:
+            facts = assignments(slots_in([c.applies_if]), thresholds_by_slot([c.applies_if]))
+            if facts is not None:
+                seen = outcomes(c.applies_if, facts)
+                if "F" not in seen:
+                    self.add(p + ("applies_if",), "lint.applies_always",
+                             f"applies_if of {c.id!r} is never false: the criterion always "
+                             "applies", key=True, criterion=c.id,
+                             hint="remove applies_if, or fix its condition")
+                elif "T" not in seen:
+                    self.add(p + ("applies_if",), "lint.applies_never",
+                             f"applies_if of {c.id!r} is never true: the criterion is always "
+                             "not_applicable", "error", key=True, criterion=c.id,
+                             hint="fix the condition; a criterion that never applies does "
+                                  "nothing")
+        if c.logic is None or explained:
+            return
+        facts = assignments(slots_in([c.logic]), thresholds_by_slot([c.logic]))
+        if facts is None:
+            return
+        seen = outcomes(c.logic, facts)
+        if "T" not in seen:
+            self.add(p + ("logic",), "lint.never_met",
+                     f"{c.kind} {c.id!r} can never be met: its logic is false for every "
+                     "possible patient", "error", key=True, criterion=c.id,
+                     hint="look for contradictory parts ('all' where 'any' was meant) or "
+                          "thresholds outside the element's range")
+        elif "F" not in seen:
+            sev = "error" if c.kind == "exclusion" else "warning"
+            effect = ("every patient is excluded" if c.kind == "exclusion"
+                      else "it never excludes anybody")
+            self.add(p + ("logic",), "lint.always_met",
+                     f"{c.kind} {c.id!r} is met by every patient whose data is known: "
+                     f"{effect}", sev, key=True, criterion=c.id,
+                     hint="look for parts that cover every value ('any' where 'all' was meant)")
+
+    def conflicts(self) -> None:
+        """Two data-decided criteria that cannot both be in the patient's favour: nobody can
+        be eligible. Only pairs reading a common slot can conflict."""
+        crits = [(i, c) for i, c in enumerate(self.trial.criteria) if c.logic is not None]
+        alone_ok: dict[str, bool] = {}
+        for _, c in crits:
+            nodes = [c.logic, c.applies_if]
+            facts = assignments(slots_in(nodes), thresholds_by_slot(nodes))
+            alone_ok[c.id] = facts is None or any(favourable(c, f) for f in facts)
+        for (i, a), (j, b) in itertools.combinations(crits, 2):
+            if not (alone_ok[a.id] and alone_ok[b.id]):
+                continue  # already reported as never met / always met
+            na, nb = slots_in([a.logic, a.applies_if]), slots_in([b.logic, b.applies_if])
+            if not set(na) & set(nb):
+                continue
+            nodes = [a.logic, a.applies_if, b.logic, b.applies_if]
+            facts = assignments({**na, **nb}, thresholds_by_slot(nodes))
+            if facts is None or any(favourable(a, f) and favourable(b, f) for f in facts):
+                continue
+            line = self.doc.pos(("criteria", i))[0]
+            self.add(("criteria", j, "logic"), "lint.no_one_eligible",
+                     f"{b.kind} {b.id!r} and {a.kind} {a.id!r} (line {line}) cannot both be in "
+                     f"the patient's favour: no patient can be eligible",
+                     "error", key=True, criterion=b.id,
+                     hint="an exclusion states what must NOT hold; check that it is not the "
+                          "inclusion written again")
+
+
+def _win(w: int | None) -> str:
+    return "with no window" if w is None else f"within {w} days"
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+def _source(doc: Located) -> tuple[str | None, RuleError | None]:
+    """The protocol text a rule file names (relative to the file); URLs are not fetched."""
+    src = doc.data.get("source")
+    if not isinstance(src, str) or _URL.match(src):
+        return None, None
+    full = os.path.normpath(os.path.join(os.path.dirname(doc.path), src))
+    try:
+        with open(full, encoding="utf-8", errors="replace") as fh:
+            return fh.read(), None
+    except OSError as e:
+        line, col = doc.pos(("source",))
+        return None, RuleError(doc.path, line, col, "lint.source_missing",
+                               f"source protocol file {src!r} cannot be read ({e.strerror}); "
+                               "criterion texts are not compared with it", "warning",
+                               hint="give the path relative to the rule file, or a URL")
+
+
+def lint_document(doc: Located, trial: Trial) -> list[RuleError]:
+    """Every lint finding for one parsed trial (reads the named source protocol, if any)."""
+    text, problem = _source(doc)
+    out = Linter(doc, trial, text).run()
+    return sorted(out + ([problem] if problem else []))
 
 
 def check_files(files: Iterable[str]) -> list[RuleError]:
-    """Findings for every file (none yet beyond load/schema/parse: see issue #5)."""
-    return []
+    """Findings for every file that loads, validates and parses (others already have errors),
+    plus trial ids defined by more than one file."""
+    out: list[RuleError] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        doc, errors = load(f)
+        if doc is None or errors or schema_errors(doc):
+            continue
+        trial, errors = parse(doc)
+        if trial is None or errors:
+            continue
+        out += lint_document(doc, trial)
+        if trial.id in seen:
+            line, col = doc.pos(("trial",))
+            out.append(RuleError(f, line, col, "lint.duplicate_trial",
+                                 f"trial {trial.id} is also defined in {seen[trial.id]}",
+                                 hint="one rule file per trial; remove or renumber one"))
+        else:
+            seen[trial.id] = f
+    return sorted(set(out))
