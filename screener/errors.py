@@ -12,6 +12,7 @@ and the criteria that needed the data become `unknown`.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -85,5 +86,22 @@ class DataIssue:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    cands = sorted(set(candidates))
+    # the same characters in another order first: '=<' means '<=', not the closer-scoring '<'
+    for c in cands:
+        if len(word) > 1 and c != word and sorted(c) == sorted(word):
+            return c
+    matches = difflib.get_close_matches(word, cands, n=1, cutoff=0.6)
+    if matches:
+        return matches[0]
+    # shared name parts, for names too long for difflib: 'ecog_score' -> 'ecog',
+    # 'serum_creatinine' -> 'creatinine'
+    parts = {x for x in re.split(r"[^a-z0-9]+", word.lower()) if len(x) > 1}
+    best, score = None, 0.0
+    for c in cands:
+        cparts = {x for x in re.split(r"[^a-z0-9]+", c.lower()) if len(x) > 1}
+        if parts and cparts:
+            j = len(parts & cparts) / len(parts | cparts)
+            if j > score:
+                best, score = c, j
+    return best if score >= 1 / 3 else None
