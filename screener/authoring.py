@@ -318,20 +318,23 @@ def cmd_test(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def _why(node: All | Any_ | Not, vals: Sequence[str]) -> str:
     """How the parts' values made this node's value (Kleene)."""
     def which(v: str) -> str:
-        return ", ".join(str(i + 1) for i, x in enumerate(vals) if x == v)
+        idx = [str(i + 1) for i, x in enumerate(vals) if x == v]
+        word = {"T": "true", "F": "false", "U": "unknown"}[v]
+        return (f"part {idx[0]} is {word}" if len(idx) == 1 else
+                f"parts {', '.join(idx)} are {word}")
     if isinstance(node, Not):
         return {"T": "negation of false", "F": "negation of true",
                 "U": "negation of unknown stays unknown"}[vals[0]]
     if isinstance(node, All):
         if "F" in vals:
-            return f"false because part {which('F')} is false"
+            return f"false because {which('F')}"
         if "U" in vals:
-            return f"no part is false, part {which('U')} unknown -> unknown"
+            return f"no part is false and {which('U')} -> unknown"
         return "every part is true"
     if "T" in vals:
-        return f"true because part {which('T')} is true"
+        return f"true because {which('T')}"
     if "U" in vals:
-        return f"no part is true, part {which('U')} unknown -> unknown"
+        return f"no part is true and {which('U')} -> unknown"
     return "every part is false"
 
 
@@ -455,8 +458,9 @@ def cmd_explain(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     entries = {c["id"]: c for c in report["criteria"]}
     out.write(f"{trial.id} v{trial.version}  as_of {as_of}  patient "
               f"{report.get('patient_id') or '-'}  status: {report['status'].upper()}\n")
-    out.write("legend: T true, F false, U unknown; all is false if any part is false, any is "
-              "true if any part is true, otherwise unknown wins over the rest\n")
+    out.write("legend: T true, F false, U unknown. all: F if a part is F, else U if a part is U, "
+              "else T. any: T if a part is T, else U if a part is U, else F. not: swaps T and F, "
+              "keeps U.\n")
     for cid in wanted:
         out.write("\n" + "\n".join(explain_criterion(
             trial.criteria[by_id[cid]], entries[cid], facts.values, facts.evidence, doc,

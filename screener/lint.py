@@ -70,6 +70,39 @@ TYPICAL_THRESHOLDS: dict[str, tuple[Fraction, Fraction]] = {
     "ast": (Fraction(5), Fraction(5000)),
 }
 
+#: Every finding code of this pass and of the example checks, with what it means. Stable:
+#: tools may filter on them (`screener check --format json`); docs/rules.md lists them.
+CODES: dict[str, str] = {
+    "lint.contradiction": "two parts of one 'all' that no value satisfies together",
+    "lint.never_met": "a criterion whose logic is false for every possible patient",
+    "lint.always_met": "a criterion whose logic is true for every patient with known data",
+    "lint.leaf_never": "a comparison that is false over the element's whole plausible range",
+    "lint.leaf_always": "a comparison that is true over the element's whole plausible range",
+    "lint.value_never_recorded": "a coded value the normalizer treats as missing data",
+    "lint.no_one_eligible": "two criteria that cannot both be in the patient's favour",
+    "lint.unit_suspect": "a 'value' threshold that looks written in another accepted unit",
+    "lint.x_uln_large": "a multiple of the ULN too large to be meant as one",
+    "lint.window_zero": "within_days: 0 (only data dated on as_of itself)",
+    "lint.window_mismatch": "one data element read with different windows in one criterion",
+    "lint.duplicate_condition": "the same test twice in one all / any",
+    "lint.applies_always": "an applies_if that is never false",
+    "lint.applies_never": "an applies_if that is never true (always not_applicable)",
+    "lint.manual_on_unknown": "a manual criterion with on_unknown (never asks for attestation)",
+    "lint.unknown_favourable": "on_unknown resolving missing data in the patient's favour",
+    "lint.text_not_in_source": "criterion text not found in the named source protocol",
+    "lint.source_missing": "the named source protocol file cannot be read",
+    "lint.duplicate_trial": "two rule files define the same trial id",
+    "example.no_as_of": "an example without as_of and no defaults.example_as_of",
+    "example.no_verdict": "a criterion example without verdict",
+    "example.trial_field": "a criterion example with status or verdicts",
+    "example.verdict_on_trial": "a trial example with verdict",
+    "example.no_expectation": "a trial example with neither status nor verdicts",
+    "example.unknown_criterion": "an example naming a criterion id the trial does not have",
+    "example.attest_not_manual": "an example attesting a criterion that data decides",
+    "example.never_not_applicable": "not_applicable expected of a criterion without applies_if",
+    "example.duplicate_name": "two examples with one name in the same list",
+}
+
 #: values the normalizer never puts in a slot (they make the slot unknown instead)
 _NEVER_IN_SLOT = frozenset({"indeterminate", "unknown"})
 _SYMBOL = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!=", "in": "in",
@@ -105,7 +138,9 @@ def _value_text(el: Element | None, mode: str, v: Any) -> str:
         if mode == "days":
             return f"{n} days"
         unit = unit_label(el.unit) if el is not None else ""
-        return f"{n} {unit}" if unit and unit != "years" else n
+        if not unit or unit == "years":
+            return n
+        return f"{n}{unit}" if unit.startswith("/") else f"{n} {unit}"
     return str(v)
 
 
@@ -286,6 +321,8 @@ class Linter:
     source_text: str | None = None
     source_problem: str | None = None
     findings: list[RuleError] = field(default_factory=list)
+    #: criterion id -> line of its first leaf with a finding (the likely cause of a constant)
+    flagged: dict[str, int] = field(default_factory=dict)
 
     def add(self, p: Path, code: str, msg: str, severity: str = "warning",
             hint: str | None = None, criterion: str | None = None, key: bool = False,
@@ -300,11 +337,11 @@ class Linter:
             p: Path = ("criteria", i)
             self.text(c, raw[i], p)
             self.policy(c, p)
-            explained = False
+            explained = set()
             for name in ("logic", "applies_if"):
                 node = getattr(c, name)
-                if node is not None:
-                    explained |= self.nodes(c, node, p + (name,))
+                if node is not None and self.nodes(c, node, p + (name,)):
+                    explained.add(name)
             self.windows(c, p)
             self.constant(c, p, explained)
         self.conflicts()
@@ -362,6 +399,12 @@ class Linter:
         return explained
 
     def leaf(self, c: Criterion, leaf: Compare, p: Path) -> None:
+        before = len(self.findings)
+        self._leaf(c, leaf, p)
+        if any(f.code != "lint.window_zero" for f in self.findings[before:]):
+            self.flagged.setdefault(c.id, self.doc.pos(p)[0])
+
+    def _leaf(self, c: Criterion, leaf: Compare, p: Path) -> None:
         slot = leaf.slot
         el = ELEMENTS[slot.element[0]]
         if slot.within_days == 0:
@@ -381,6 +424,15 @@ class Linter:
         if slot.mode == "value" and el.kind == "quantity" and self.unit(c, leaf, el, p):
             return  # the unit explains the odd threshold better than its range would
         if not is_numeric(slot):
+            for i, v in enumerate(leaf.values):
+                if v in _NEVER_IN_SLOT:
+                    at = p + ("value", i) if leaf.op in ("in", "not_in") else p + ("value",)
+                    self.add(at, "lint.value_never_recorded",
+                             f"{el.name} {v!r} never reaches the rules: the normalizer treats "
+                             "it as missing data, so this test is unknown, never true",
+                             criterion=c.id,
+                             hint="leave missing data to the default (unknown) or state a "
+                                  "policy with on_unknown")
             return
         facts = [{slot.key: v} for v in candidates(slot, [int(v) for v in leaf.values])]
         seen = outcomes(leaf, facts)
@@ -433,21 +485,29 @@ class Linter:
         for i, part in enumerate(node.parts):
             if isinstance(part, Compare):
                 by_slot.setdefault(part.slot.key, []).append((i, part))
-        seen_parts: dict[Node, int] = {}
+        seen_parts: dict[tuple[Any, ...], int] = {}
         for i, part in enumerate(node.parts):
-            if part in seen_parts:
-                self.add(p + (word, i), "lint.duplicate_condition",
-                         f"this part repeats part {seen_parts[part] + 1} of the same '{word}'",
-                         criterion=c.id, hint="remove the repetition")
+            # leaves compared without their source span: the same test written twice
+            if isinstance(part, Compare):
+                sig: tuple[Any, ...] = (part.slot, part.op, part.values)
+            elif isinstance(part, Present):
+                sig = (part.slot,)
             else:
-                seen_parts[part] = i
+                continue
+            if sig in seen_parts:
+                self.add(p + (word, i), "lint.duplicate_condition",
+                         f"'{describe(part)}' repeats part {seen_parts[sig] + 1} of the same "
+                         f"'{word}'", criterion=c.id, hint="remove the repetition")
+            else:
+                seen_parts[sig] = i
         if not isinstance(node, All):
             return False
         for key, parts in sorted(by_slot.items()):
             if len(parts) < 2:
                 continue
             slot = parts[0][1].slot
-            doms = candidates(slot, [int(v) for _, x in parts for v in x.values])
+            doms = candidates(slot, [v for _, x in parts for v in x.values
+                                     if isinstance(v, int)])
             for (i, a), (j, b) in itertools.combinations(parts, 2):
                 if not any(reference.evaluate(a, {key: v}) is True and
                            reference.evaluate(b, {key: v}) is True for v in doms):
@@ -485,8 +545,12 @@ class Linter:
                                  hint="use one window per data element within a criterion")
 
     # -- whole criteria -----------------------------------------------------------------------
-    def constant(self, c: Criterion, p: Path, explained: bool) -> None:
-        if c.applies_if is not None:
+    def constant(self, c: Criterion, p: Path, explained: set[str]) -> None:
+        """A criterion (or its applies_if) whose value never changes, unless a contradiction
+        inside it (listed in `explained`) already said so."""
+        cause = self.flagged.get(c.id)
+        because = f"follows from the part flagged at line {cause}" if cause else None
+        if c.applies_if is not None and "applies_if" not in explained:
             facts = assignments(slots_in([c.applies_if]), thresholds_by_slot([c.applies_if]))
             if facts is not None:
                 seen = outcomes(c.applies_if, facts)
@@ -499,9 +563,9 @@ class Linter:
                     self.add(p + ("applies_if",), "lint.applies_never",
                              f"applies_if of {c.id!r} is never true: the criterion is always "
                              "not_applicable", "error", key=True, criterion=c.id,
-                             hint="fix the condition; a criterion that never applies does "
-                                  "nothing")
-        if c.logic is None or explained:
+                             hint=because or "fix the condition; a criterion that never "
+                                             "applies does nothing")
+        if c.logic is None or "logic" in explained:
             return
         facts = assignments(slots_in([c.logic]), thresholds_by_slot([c.logic]))
         if facts is None:
@@ -511,8 +575,8 @@ class Linter:
             self.add(p + ("logic",), "lint.never_met",
                      f"{c.kind} {c.id!r} can never be met: its logic is false for every "
                      "possible patient", "error", key=True, criterion=c.id,
-                     hint="look for contradictory parts ('all' where 'any' was meant) or "
-                          "thresholds outside the element's range")
+                     hint=because or "look for contradictory parts ('all' where 'any' was "
+                                     "meant) or thresholds outside the element's range")
         elif "F" not in seen:
             sev = "error" if c.kind == "exclusion" else "warning"
             effect = ("every patient is excluded" if c.kind == "exclusion"
@@ -520,7 +584,8 @@ class Linter:
             self.add(p + ("logic",), "lint.always_met",
                      f"{c.kind} {c.id!r} is met by every patient whose data is known: "
                      f"{effect}", sev, key=True, criterion=c.id,
-                     hint="look for parts that cover every value ('any' where 'all' was meant)")
+                     hint=because or "look for parts that cover every value ('any' where "
+                                     "'all' was meant)")
 
     def conflicts(self) -> None:
         """Two data-decided criteria that cannot both be in the patient's favour: nobody can

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from .elements import ELEMENTS
 from .errors import RuleError, did_you_mean
 from .load import Located
 from .schema import SCHEMA_PATH
@@ -70,7 +71,7 @@ def _convert(doc: Located, e: jsonschema.ValidationError) -> list[RuleError]:
         shown = ", ".join(allowed) if len(allowed) <= 8 else ", ".join(allowed[:8]) + ", ..."
         return [RuleError(doc.path, line, col, "schema.enum",
                           f"{e.instance!r} is not an allowed value{where} ({shown})",
-                          suggestion=did_you_mean(str(e.instance), allowed))]
+                          suggestion=_suggest(str(e.instance), allowed))]
     if kw == "type":
         expected = e.validator_value
         exp = " or ".join(expected) if isinstance(expected, list) else expected
@@ -79,6 +80,17 @@ def _convert(doc: Located, e: jsonschema.ValidationError) -> list[RuleError]:
     if kw == "propertyNames":
         return [RuleError(doc.path, line, col, "schema.enum", e.message)]
     return [RuleError(doc.path, line, col, f"schema.{kw}", _short_message(e.message))]
+
+
+def _suggest(word: str, allowed: list[str]) -> str | None:
+    """Did-you-mean for an enum miss. For data element names, the element's own label is a
+    better guide than spelling: 'deep_vein_thrombosis' is 'dvt', not 'arterial_thrombosis'."""
+    spoken = " ".join(word.lower().replace("_", " ").split())
+    if len(spoken) >= 4:
+        hits = [n for n in allowed if n in ELEMENTS and spoken in ELEMENTS[n].label.lower()]
+        if len(hits) == 1:
+            return hits[0]
+    return did_you_mean(word, allowed)
 
 
 def _json_type(v: Any) -> str:
