@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_for, \
     normalise_unit
-from .errors import DataIssue, PatientDataError
+from .errors import DataIssue, PatientDataError, did_you_mean
 from .ir import Slot, Trial, encode_number, slots_of
 
 MAX_ENTRIES = 50_000
@@ -99,6 +99,10 @@ class Prepared:
     exposures: dict[str, list[Exposure]] = field(default_factory=dict)
     reviewed: dict[str, date] = field(default_factory=dict)
     issues: list[DataIssue] = field(default_factory=list)
+    #: element -> unusable results (date or None, stamp, reason, loc)
+    unusable: dict[str, list[tuple[date | None, str, str, str]]] = field(default_factory=dict)
+    #: element -> why records of it may exist that we could not read (misspelt names, ...)
+    suspect: dict[str, list[str]] = field(default_factory=dict)
 
     def issue(self, loc: str, code: str, msg: str, element: str | None = None) -> None:
         self.issues.append(DataIssue(loc, code, msg, element))
@@ -258,96 +262,120 @@ def _element_of(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _dated(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
-           element: str) -> tuple[date, str] | None:
-    raw = item.get(key)
-    d, _ = parse_date(raw)
-    if d is None:
-        prep.issue(f"{loc}.{key}", "date", f"missing or unusable date {raw!r}", element)
-        return None
-    if d > prep.as_of:
-        prep.issue(f"{loc}.{key}", "after_as_of",
-                   f"dated {d}, after as_of {prep.as_of}: not used", element)
-        return None
-    return d, str(raw)
+_IGNORED_STATUS = {"entered-in-error", "cancelled"}
 
 
 def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = _element_of(item)
     if name is None:
-        prep.issue(loc, "unmapped", f"unknown element or code {item.get('element') or item.get('code') or item.get('codes')!r}")
+        _unknown_name(prep, item, loc, "observation")
         return
     el = ELEMENTS[name]
     if el.kind in ("condition", "exposure") or name in DEMOGRAPHIC:
         prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
         return
     status = item.get("status")
-    if status is not None and status not in _OK_STATUS:
-        prep.issue(loc, "status", f"status {status!r} does not count (final results only)", name)
+    if isinstance(status, str) and status in _IGNORED_STATUS:
+        # retracted: as if it had never been recorded
+        prep.issue(loc, "status", f"status {status!r}: not used", name)
         return
-    when = _dated(prep, item, "date", loc, name)
-    if when is None:
+    raw_date = item.get("date")
+    day, _ = parse_date(raw_date)
+    stamp = str(raw_date) if day is not None else ""
+    if day is not None and day > prep.as_of:
+        prep.issue(f"{loc}.date", "after_as_of",
+                   f"dated {day}, after as_of {prep.as_of}: not used", name)
         return
-    day, stamp = when
+
+    def unusable(code: str, msg: str, where: str = loc) -> None:
+        # An unusable result still counts as the newest evidence of its date: it may say
+        # something the older usable results do not, so it hides them (see `_reading`).
+        prep.issue(where, code, msg, name)
+        prep.unusable.setdefault(name, []).append((day, stamp, msg, loc))
+
+    if day is None:
+        unusable("date", f"missing or unusable date {raw_date!r}", f"{loc}.date")
+        return
+    if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
+        unusable("status", f"status {_short(status)} is not final")
+        return
     source = str(item.get("source") or loc)
     raw = item.get("value")
     if item.get("comparator") not in (None, "", "="):
-        prep.issue(loc, "censored", f"censored value {item.get('comparator')}{raw}: cannot "
-                   "decide a threshold", name)
+        unusable("censored", f"censored value {item.get('comparator')}{raw}: cannot decide a "
+                 "threshold")
         return
     value: Fraction | str | None
     uln: Fraction | None = None
     shown = ""
     if el.kind == "quantity":
-        value, uln, shown = _quantity(prep, el, item, loc)
+        value, uln, shown, problem = _quantity(prep, el, item, loc)
         if value is None:
+            unusable(*problem)
             return
     elif el.kind == "boolean":
         value = _boolean(raw)
         if value is None:
-            prep.issue(loc, "value", f"{name} must be true or false, got {raw!r}", name)
+            unusable("value", f"{name} must be true or false, got {raw!r}")
             return
         shown = value
     else:
         value = _coded(el, raw)
         if value is None:
-            prep.issue(loc, "value", f"unusable value {raw!r} for {name} "
-                       f"({', '.join(el.values)})", name)
+            unusable("value", f"unusable value {raw!r} for {name} ({', '.join(el.values)})")
             return
         if value in _UNINFORMATIVE:
-            prep.issue(loc, "indeterminate", f"{name} result is {value}", name)
+            unusable("indeterminate", f"{name} result is {value}")
             return
         shown = value
     prep.readings.setdefault(name, []).append(
         Reading(name, value, stamp, day, uln, shown, source, loc))
 
 
-def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any],
-              loc: str) -> tuple[Fraction | None, Fraction | None, str]:
+def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) -> None:
+    """An entry we cannot map. A misspelt element name in canonical JSON may hide a relevant
+    record, so a close match makes that element unusable instead of silently absent."""
+    el = item.get("element")
+    if isinstance(el, str):
+        close = did_you_mean(el, ELEMENTS)
+        prep.issue(loc, "unknown_element", f"unknown element {el!r}"
+                   + (f" (did you mean {close!r}?)" if close else ""), close)
+        if close:
+            prep.suspect.setdefault(close, []).append(f"{loc} has unknown element {el!r}")
+        return
+    prep.issue(loc, "unmapped", f"{what} code not used by any rule: "
+               f"{_short(item.get('code') or item.get('codes'))}")
+
+
+def _short(x: Any) -> str:
+    s = repr(x)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
+              ) -> tuple[Fraction | None, Fraction | None, str, tuple[str, str, str]]:
+    """(value, ULN, shown, problem): value None means unusable, and problem says why as
+    (code, message, location)."""
     raw = item.get("value")
     n = parse_number(raw)
     if n is None:
-        prep.issue(f"{loc}.value", "value", f"{el.name} needs a finite number, got {raw!r}",
-                   el.name)
-        return None, None, ""
+        return None, None, "", ("value", f"{el.name} needs a finite number, got {raw!r}",
+                                f"{loc}.value")
     unit_raw = item.get("unit")
     unit = normalise_unit(unit_raw if isinstance(unit_raw, str) else None)
     factor = el.units.get(unit)
     if factor is None:
-        prep.issue(f"{loc}.unit", "unit", f"unknown unit {unit_raw!r} for {el.name} "
-                   f"(accepted: {', '.join(sorted(u for u in el.units if u))})", el.name)
-        return None, None, ""
+        return None, None, "", ("unit", f"unknown unit {unit_raw!r} for {el.name} (accepted: "
+                                f"{', '.join(sorted(u for u in el.units if u))})", f"{loc}.unit")
     value = n * factor
     lo, hi = el.plausible or (None, None)
     if lo is not None and hi is not None and not lo <= value <= hi:
-        prep.issue(f"{loc}.value", "implausible",
-                   f"{el.name} {_fmt(n)} {unit_raw or ''} is outside the plausible range "
-                   f"{lo}-{hi} {el.unit}", el.name)
-        return None, None, ""
+        return None, None, "", ("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is "
+                                f"outside the plausible range {lo}-{hi} {el.unit}",
+                                f"{loc}.value")
     if el.integer and value.denominator != 1:
-        prep.issue(f"{loc}.value", "value", f"{el.name} must be a whole number, got {raw!r}",
-                   el.name)
-        return None, None, ""
+        return None, None, "", ("value", f"{el.name} must be a whole number, got {raw!r}",
+                                f"{loc}.value")
     uln = None
     rr = item.get("reference_range")
     if el.uln and isinstance(rr, Mapping) and rr.get("high") is not None:
@@ -360,7 +388,7 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any],
         else:
             uln = high * rfactor
     shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
-    return value, uln, shown
+    return value, uln, shown, ("", "", "")
 
 
 def _boolean(raw: Any) -> str | None:
@@ -393,30 +421,41 @@ def _coded(el: Element, raw: Any) -> str | None:
 def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = _element_of(item)
     if name is None:
-        # an unmapped diagnosis is normal (the record holds many); note it without alarm
-        prep.issue(loc, "unmapped", "condition code not used by any rule")
+        # unmapped diagnosis codes are normal (a record holds many): noted without alarm
+        _unknown_name(prep, item, loc, "condition")
         return
     if ELEMENTS[name].kind != "condition":
         prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
         return
     source = str(item.get("source") or loc)
-    if item.get("present") is False:
-        when = _dated(prep, item, "date", loc, name)
-        if when:
-            prep.negatives.setdefault(name, []).append((when[0], source))
+    present = item.get("present")
+    if present is False:
+        d, _ = parse_date(item.get("date"))
+        if d is None:
+            prep.issue(f"{loc}.date", "date", "documented absence without a usable date: not "
+                       "used", name)
+        elif d > prep.as_of:
+            prep.issue(f"{loc}.date", "after_as_of", f"dated {d}, after as_of: not used", name)
+        else:
+            prep.negatives.setdefault(name, []).append((d, source))
         return
-    if item.get("present") not in (None, True):
+    if present not in (None, True):
         prep.issue(f"{loc}.present", "value", "present must be true or false", name)
+        prep.suspect.setdefault(name, []).append(f"{loc} has an unreadable 'present'")
         return
     ver = item.get("verification_status")
-    if ver in _NEVER:
+    if isinstance(ver, str) and ver in _NEVER:
         return
     onset = None
     if item.get("onset") is not None:
-        when = _dated(prep, item, "onset", loc, name)
-        if when is None:
+        onset, _ = parse_date(item.get("onset"))
+        if onset is None:
+            # kept without an onset (so the criterion becomes unknown), never dropped
+            prep.issue(f"{loc}.onset", "date", f"unusable onset {item.get('onset')!r}", name)
+        elif onset > prep.as_of:
+            prep.issue(f"{loc}.onset", "after_as_of", f"onset {onset} is after as_of: not used",
+                       name)
             return
-        onset = when[0]
     abatement = None
     if item.get("abatement") is not None:
         d, _ = parse_date(item.get("abatement"))
@@ -425,33 +464,41 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         elif d <= prep.as_of:
             abatement = d
     clinical = item.get("clinical_status")
+    doubtful = ver is not None and (not isinstance(ver, str) or ver in _DOUBTFUL)
     prep.conditions.setdefault(name, []).append(CondRecord(
         name, onset, abatement, clinical if isinstance(clinical, str) else None,
-        ver in _DOUBTFUL, source, loc))
+        doubtful, source, loc))
 
 
 def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = item.get("element")
     if not isinstance(name, str) or name not in ELEMENTS or ELEMENTS[name].kind != "exposure":
-        prep.issue(loc, "unmapped", f"unknown exposure {name!r}")
+        _unknown_name(prep, item, loc, "exposure")
         return
     source = str(item.get("source") or loc)
     start = end = None
     if item.get("start") is not None:
-        when = _dated(prep, item, "start", loc, name)
-        if when is None:
+        start, _ = parse_date(item.get("start"))
+        if start is None:
+            prep.issue(f"{loc}.start", "date", f"unusable start {item.get('start')!r}", name)
+        elif start > prep.as_of:
+            prep.issue(f"{loc}.start", "after_as_of", f"starts {start}, after as_of: not used",
+                       name)
             return
-        start = when[0]
     if item.get("end") is not None:
         d, _ = parse_date(item.get("end"))
-        end = min(d, prep.as_of) if d else None
+        if d is None:
+            prep.issue(f"{loc}.end", "date", f"unusable end {item.get('end')!r}", name)
+        else:
+            end = min(d, prep.as_of)
     days: int | None = None
     if item.get("days") is not None:
         n = parse_number(item["days"]) if not isinstance(item["days"], str) else None
         if n is None or n.denominator != 1 or not 0 <= n <= 3650:
+            # kept with an unknown duration (the criterion becomes unknown), never dropped
             prep.issue(f"{loc}.days", "value", f"unusable days {item['days']!r}", name)
-            return
-        days = int(n)
+        else:
+            days = int(n)
     elif start and end and end >= start:
         days = (end - start).days + 1
     prep.exposures.setdefault(name, []).append(Exposure(name, days, start, source, loc))
@@ -513,8 +560,18 @@ def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
 def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
              ev: dict[str, Any]) -> int | str | None:
     name = slot.element[0]
+    if name in prep.suspect:
+        ev["missing"] = "; ".join(prep.suspect[name])
+        return None
     readings = prep.readings.get(name, [])
     usable = [r for r in readings if _within(r.day, prep.as_of, slot.within_days)]
+    newest_stamp = usable[0].stamp if usable else ""
+    for day, stamp, why, loc in prep.unusable.get(name, []):
+        # an unusable result as new as the newest usable one (or undated) hides it
+        if day is None or (_within(day, prep.as_of, slot.within_days) and stamp >= newest_stamp):
+            when = f"of {stamp}" if day is not None else "without a date"
+            ev["missing"] = f"{name} result {when} ({loc}) is unusable: {why}"
+            return None
     if not usable:
         if readings:
             ev["missing"] = (f"newest {name} is from {readings[0].day}, older than "
@@ -556,7 +613,7 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> st
     as_of, win = prep.as_of, slot.within_days
     start = as_of - timedelta(days=win) if win is not None else None
     hits: list[CondRecord] = []
-    doubts: list[str] = []
+    doubts: list[str] = [why for name in slot.element for why in prep.suspect.get(name, [])]
     for name in slot.element:
         for r in prep.conditions.get(name, []):
             if r.doubtful:
@@ -618,6 +675,9 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> st
 
 def _days(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> int | None:
     name = slot.element[0]
+    if name in prep.suspect:
+        ev["missing"] = "; ".join(prep.suspect[name])
+        return None
     recs = prep.exposures.get(name, [])
     if any(r.days is None for r in recs):
         ev["missing"] = f"{name} exposure without a duration"

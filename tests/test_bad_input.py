@@ -68,7 +68,7 @@ def verdicts(s: Screener, patient: Any) -> dict[str, Any]:
     pytest.param({"observations": [{"element": "hbsag", "value": 1, "date": "2026-11-20"}]},
                  "exc_hbv", "value", id="coded-as-number"),
     pytest.param({"observations": [{"element": "ecog_scor", "value": 1, "date": "2026-11-20"}]},
-                 "inc_ecog", "unmapped", id="unknown-element"),
+                 "inc_ecog", "unknown_element", id="unknown-element"),
     pytest.param({"observations": ["not an object"]}, "inc_ecog", "type", id="entry-string"),
     pytest.param({"observations": [{"element": "ecog", "value": 1}]}, "inc_ecog", "date",
                  id="no-date"),
@@ -151,3 +151,63 @@ def test_cli_attestation_of_data_criterion_is_refused(tmp_path: Path) -> None:
     code, _, err = run_cli("screen", "--trial", T, str(f), "--as-of", "2026-11-22",
                            "--attest", "inc_age")
     assert code == 2 and "decided by data" in err
+
+
+REVIEWED = {"reviewed": {"conditions": "2026-11-20", "exposures": "2026-11-20"}}
+
+
+@pytest.mark.parametrize("patient,criterion", [
+    pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                                   {**ALT, "value": "garbled", "date": "2026-11-20"}]},
+                 "inc_liver_transaminases", id="newer-unusable-hides-older-normal"),
+    pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                                   {**ALT, "value": 500, "unit": "mg", "date": "2026-11-20"}]},
+                 "inc_liver_transaminases", id="newer-unknown-unit-hides-older"),
+    pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                                   {**ALT, "value": 500, "date": None}]},
+                 "inc_liver_transaminases", id="undated-result-hides-older"),
+    pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                                   {**ALT, "value": 500, "status": "preliminary"}]},
+                 "inc_liver_transaminases", id="newer-preliminary-hides-older"),
+    pytest.param({**REVIEWED, "conditions": [{"element": "dvtt", "onset": "2026-11-01"}]},
+                 "exc_venous_thrombosis", id="misspelt-condition-with-review"),
+    pytest.param({**REVIEWED, "conditions": [{"element": "dvt", "onset": "yesterday"}]},
+                 "exc_venous_thrombosis", id="condition-with-garbled-onset"),
+    pytest.param({**REVIEWED, "conditions": [{"element": "dvt", "present": "maybe"}]},
+                 "exc_venous_thrombosis", id="condition-with-garbled-present"),
+    pytest.param({**REVIEWED, "conditions": [{"element": "dvt", "onset": "2026-11-01",
+                                              "verification_status": {"x": 1}}]},
+                 "exc_venous_thrombosis", id="condition-with-garbled-verification"),
+])
+def test_unreadable_records_never_read_as_absent(screener: Screener, patient: dict[str, Any],
+                                                 criterion: str) -> None:
+    """A record we cannot read may say the patient is excluded: unknown, never a pass."""
+    assert verdicts(screener, patient)[criterion]["verdict"] == "unknown"
+
+
+@pytest.mark.parametrize("exposure", [
+    pytest.param({"element": "blinatumomab", "days": "many"}, id="days-string"),
+    pytest.param({"element": "blinatumomab", "days": -1}, id="days-negative"),
+    pytest.param({"element": "blinatumomab", "start": "2026-11-01"}, id="no-end"),
+    pytest.param({"element": "blinatumomb", "days": 30}, id="misspelt"),
+])
+def test_unreadable_exposure_is_unknown(screener: Screener, exposure: dict[str, Any]) -> None:
+    r = screener.screen("NCT06111625", {**REVIEWED, "exposures": [exposure]}, AS_OF)
+    c = next(c for c in r["criteria"] if c["id"] == "exc_blinatumomab_days")
+    assert c["verdict"] == "unknown"
+
+
+def test_retracted_result_is_ignored_and_older_one_counts(screener: Screener) -> None:
+    p = {"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                          {**ALT, "value": 500, "status": "entered-in-error"},
+                          {"element": "ast", "value": 20, "unit": "U/L",
+                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+    assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
+
+
+def test_future_result_is_ignored_and_older_one_counts(screener: Screener) -> None:
+    p = {"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
+                          {**ALT, "value": 500, "date": "2026-11-30"},
+                          {"element": "ast", "value": 20, "unit": "U/L",
+                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+    assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
