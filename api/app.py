@@ -24,8 +24,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -118,11 +119,11 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            # The Screener and the decision log stay open: the process is about to exit, which
+            # frees both (log lines are unbuffered writes, nothing is lost), and an app whose
+            # lifespan is run more than once (test clients) must still work afterwards.
             if installed:
                 loop.remove_signal_handler(signal.SIGHUP)
-            holder.close()
-            if decisions is not None:
-                decisions.close()
 
     app = FastAPI(
         title="Clinical-trial eligibility screener",

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
@@ -241,7 +242,7 @@ def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> di
     if req.hook != HOOK:
         raise invalid(["body", "hook"], f"service {SERVICE_ID!r} answers the {HOOK!r} hook, "
                       f"not {req.hook!r}", "unsupported_hook")
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     expected = prefetch_templates(ctx.holder.current)
     prefetch = req.prefetch or {}
     patient = prefetch.get("patient")

@@ -32,8 +32,9 @@ import hmac
 import json
 import os
 import threading
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 
 class DecisionLog:
@@ -51,7 +52,7 @@ class DecisionLog:
 
     def line(self, report: Mapping[str, Any], *, via: str, input_format: str,
              now: datetime | None = None) -> dict[str, Any]:
-        t = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        t = (now or datetime.now(UTC)).astimezone(UTC)
         pid = report.get("patient_id")
         return {
             "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
@@ -74,10 +75,10 @@ class DecisionLog:
             "data_issues_total": report["data_issues_total"],
         }
 
-    def write(self, reports: list[Mapping[str, Any]], *, via: str, input_format: str) -> None:
+    def write(self, reports: Sequence[Mapping[str, Any]], *, via: str, input_format: str) -> None:
         if not reports:
             return
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         blob = "".join(json.dumps(self.line(r, via=via, input_format=input_format, now=now),
                                   sort_keys=True, separators=(",", ":")) + "\n"
                        for r in reports).encode()

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -45,7 +46,8 @@ class ApiError(StarletteHTTPException):
                  headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
         self.records = list(records)
         self.extra = extra or {}
-        super().__init__(status, detail=self.records, headers=headers)
+        super().__init__(status, detail="; ".join(r["msg"] for r in self.records),
+                         headers=headers)
 
 
 def invalid(loc: Loc, msg: str, type_: str = "value_error") -> ApiError:
@@ -73,7 +75,7 @@ def rule_records(errors: Iterable[RuleError]) -> list[Record]:
     return [record(f"rule.{e.code}", [e.path, e.line, e.column], e.format()) for e in errors]
 
 
-def error_response(status: int, records: list[Record], headers: dict[str, str] | None = None,
+def error_response(status: int, records: list[Record], headers: Mapping[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> JSONResponse:
     return JSONResponse({"detail": records, **(extra or {})}, status_code=status,
                         headers=headers)

@@ -20,8 +20,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Mapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -57,11 +57,11 @@ class LocalServer:
         with open(self._log.name, encoding="utf-8", errors="replace") as fh:
             return fh.read()
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCREENER_")}
         env.update(self.env)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        for attempt in range(3):
+        for _attempt in range(3):
             self.port = free_port()
             cmd = [sys.executable, "-m", "api", "--host", HOST, "--port", str(self.port),
                    "--workers", str(self.workers)]
@@ -107,7 +107,7 @@ class LocalServer:
             os.killpg(p.pid, signal.SIGKILL)  # the group we started: the server and its workers
             p.wait(5)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,

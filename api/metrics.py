@@ -51,6 +51,6 @@ class Metrics:
         if mp_dir and os.path.isdir(mp_dir):
             from prometheus_client import multiprocess
             reg = CollectorRegistry()
-            multiprocess.MultiProcessCollector(reg, path=mp_dir)
+            multiprocess.MultiProcessCollector(reg, path=mp_dir)  # type: ignore[no-untyped-call]
             return generate_latest(reg)
         return generate_latest(self.registry)

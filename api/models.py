@@ -83,7 +83,7 @@ class _ScreenBase(_Strict):
         "ignored.")
 
     @model_validator(mode="after")
-    def _one_input(self) -> "_ScreenBase":
+    def _one_input(self) -> _ScreenBase:
         if (self.patient is None) == (self.fhir is None):
             raise ValueError("give exactly one of `patient` (canonical JSON) or `fhir`")
         if self.patient is not None and "resourceType" in self.patient:

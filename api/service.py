@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Mapping
+from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -73,7 +74,8 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict_handler(request: Request) -> Response:
-            return await handler(StrictRequest(request.scope, request.receive))  # type: ignore[no-any-return]
+            response: Response = await handler(StrictRequest(request.scope, request.receive))
+            return response
 
         return strict_handler
 
@@ -152,7 +154,10 @@ def check_attestations_by_trial(ctx_screener: Any, raw: Mapping[str, Any] | None
         try:
             normalise_attestations(comp.trial, att)
         except AttestationError as e:
-            raise from_attestation_error(e, ("body", "attestations", tid)) from None
+            # the core locates errors as ("attestations", criterion); here they sit one level
+            # deeper, under the trial id
+            inner = e.loc[1:] if e.loc[:1] == ("attestations",) else e.loc
+            raise invalid(["body", "attestations", tid, *inner], e.msg, "attestation") from None
 
 
 def screen_all_reports(ctx: Context, canon: Canonical, as_of: date,

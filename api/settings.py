@@ -12,8 +12,8 @@ would then have to hold raw patient identifiers, or hashes anyone can reverse by
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 DEFAULT_RULES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rules")
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
@@ -92,7 +92,7 @@ class Settings:
         return not self.dev_mode
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
 
         def text(name: str) -> str | None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from screener.errors import RuleError, RuleFileError, ScreenerError
 from screener.screen import Screener
@@ -100,10 +100,10 @@ class ScreenerHolder:
                 old = self._current
                 self._current = new
                 self.generation += 1
-                if id(old) in self._leases:
+                busy = id(old) in self._leases
+                if busy:
                     self._retired[id(old)] = old  # closed by the last request holding it
-                    old = None
-            if old is not None:
+            if not busy:
                 old.close()
             now = hashes(new)
             log.info("rules reloaded: %s", ", ".join(f"{k} {v[:19]}" for k, v in now.items()))
