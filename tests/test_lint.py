@@ -12,8 +12,17 @@ import pytest
 
 from screener import cli, reference
 from screener.ir import Compare, Slot, Span, encode_number
-from screener.lint import (Linter, _norm_text, assignments, candidates, check_files,
-                           lint_document, outcomes, slots_in, thresholds_by_slot)
+from screener.lint import (
+    Linter,
+    _norm_text,
+    assignments,
+    candidates,
+    check_files,
+    lint_document,
+    outcomes,
+    slots_in,
+    thresholds_by_slot,
+)
 from screener.load import loads
 from screener.parse import parse
 from screener.validate import schema_errors
