@@ -49,6 +49,11 @@ class Element:
     snomed: tuple[str, ...] = ()
     #: ICD-10 code prefixes (a code matches when it starts with one of them, dots ignored)
     icd10: tuple[str, ...] = ()
+    #: broader codes that include this condition but also others (e.g. "acute lymphoblastic
+    #: leukemia" for B-ALL): a record coded so makes the condition possible, not proven, and
+    #: criteria on it become unknown. (SNOMED codes, ICD-10 prefixes)
+    broader_snomed: tuple[str, ...] = ()
+    broader_icd10: tuple[str, ...] = ()
 
 
 def _f(x: str) -> Fraction:
@@ -118,8 +123,10 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             values=("newly_diagnosed", "relapsed", "refractory", "remission")),
     Element("cns_status", "coded", "CNS involvement (CNS1 = none, CNS2/CNS3 = involved)",
             values=("cns1", "cns2", "cns3")),
+    # ICD-10 C91.0 and SNOMED 91857003 are acute lymphoblastic leukemia of either lineage
+    # (B or T): they make B-ALL possible, not proven.
     Element("b_all", "condition", "B-cell acute lymphoblastic leukemia",
-            snomed=("277571004", "91857003"), icd10=("C910",)),
+            snomed=("277571004",), broader_snomed=("91857003",), broader_icd10=("C910",)),
     Element("cns_leukemia", "condition", "central nervous system leukemia"),
     # --- transplant donor -------------------------------------------------------------------
     Element("donor_type", "coded", "best available stem-cell donor",
@@ -178,8 +185,8 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     Element("renal_dysfunction", "condition", "severe renal dysfunction",
             icd10=("N17", "N185", "N186")),
     Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction"),
-    Element("epilepsy_requiring_therapy", "condition", "epilepsy requiring therapy",
-            snomed=("84757009",), icd10=("G40",)),
+    Element("epilepsy", "condition", "epilepsy", snomed=("84757009",), icd10=("G40",)),
+    Element("antiepileptic_therapy", "boolean", "currently on antiepileptic therapy"),
     Element("blinatumomab_hypersensitivity", "condition",
             "hypersensitivity to blinatumomab or its components"),
     # --- prior therapy ----------------------------------------------------------------------
@@ -200,17 +207,31 @@ def by_loinc() -> dict[str, str]:
     return out
 
 
+def _matches(system: str, code: str, snomed: tuple[str, ...], icd10: tuple[str, ...]) -> bool:
+    if system == SNOMED:
+        return code in snomed
+    if system in (ICD10, ICD10CM):
+        norm = code.replace(".", "").strip().upper()
+        return any(norm.startswith(p) for p in icd10)
+    return False
+
+
 def condition_for(system: str, code: str) -> str | None:
-    """Map a SNOMED CT or ICD-10(-CM) code to a condition element name, or None."""
-    norm = code.replace(".", "").strip().upper()
+    """Map a SNOMED CT, ICD-10(-CM) or project code to the condition element it proves."""
     for e in ELEMENTS.values():
         if e.kind != "condition":
             continue
-        if system == SNOMED and code in e.snomed:
-            return e.name
-        if system in (ICD10, ICD10CM) and any(norm.startswith(p) for p in e.icd10):
-            return e.name
         if system == PROJECT and code == e.name:
+            return e.name
+        if _matches(system, code, e.snomed, e.icd10):
+            return e.name
+    return None
+
+
+def condition_broader(system: str, code: str) -> str | None:
+    """The condition element a broader code makes possible but does not prove, or None."""
+    for e in ELEMENTS.values():
+        if e.kind == "condition" and _matches(system, code, e.broader_snomed, e.broader_icd10):
             return e.name
     return None
 

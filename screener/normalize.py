@@ -27,8 +27,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Mapping
 
-from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_for, \
-    normalise_unit
+from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_broader, \
+    condition_for, normalise_unit
 from .errors import DataIssue, PatientDataError, did_you_mean
 from .ir import Slot, Trial, encode_number, slots_of
 
@@ -332,6 +332,21 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         Reading(name, value, stamp, day, uln, shown, source, loc))
 
 
+def _broader_of(item: Mapping[str, Any]) -> str | None:
+    codes = item.get("codes")
+    if codes is None and "code" in item:
+        codes = [item["code"]]
+    if not isinstance(codes, list):
+        return None
+    for c in codes:
+        if isinstance(c, Mapping) and isinstance(c.get("code"), str) and \
+                isinstance(c.get("system"), str):
+            name = condition_broader(c["system"], c["code"])
+            if name:
+                return name
+    return None
+
+
 def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) -> None:
     """An entry we cannot map. A misspelt element name in canonical JSON may hide a relevant
     record, so a close match makes that element unusable instead of silently absent."""
@@ -420,6 +435,13 @@ def _coded(el: Element, raw: Any) -> str | None:
 
 def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = _element_of(item)
+    broader = None if name is not None else _broader_of(item)
+    if broader is not None:
+        # e.g. "acute lymphoblastic leukemia" for B-ALL: possible, not proven
+        prep.issue(loc, "broader_code", f"coded with a broader concept than {broader!r}: "
+                   "unconfirmed", broader)
+        name = broader
+        item = {**item, "verification_status": "unconfirmed"}
     if name is None:
         # unmapped diagnosis codes are normal (a record holds many): noted without alarm
         _unknown_name(prep, item, loc, "condition")

@@ -73,7 +73,7 @@ _COMORBID: tuple[tuple[str, float, float], ...] = (
     ("heart_failure", 0.02, 0.1), ("myocardial_infarction", 0.015, 0.0),
     ("gi_bleeding", 0.015, 0.7), ("severe_arrhythmia", 0.01, 0.3),
     ("unstable_angina", 0.005, 0.5), ("uncontrolled_hypertension", 0.01, 0.2),
-    ("epilepsy_requiring_therapy", 0.01, 0.0), ("active_infection", 0.08, 0.4),
+    ("epilepsy", 0.01, 0.0), ("active_infection", 0.08, 0.4),
     ("renal_dysfunction", 0.01, 0.3), ("decompensated_liver", 0.005, 0.2),
     ("respiratory_insufficiency", 0.005, 0.5), ("gi_dysfunction", 0.01, 0.5),
     ("high_risk_cv_procedure", 0.005, 0.0), ("blinatumomab_hypersensitivity", 0.005, 0.0),

@@ -118,6 +118,7 @@ from ..elements import (
     SNOMED,
     Element,
     by_loinc,
+    condition_broader,
     condition_for,
 )
 from ..errors import ScreenerError, did_you_mean
@@ -981,8 +982,16 @@ def _load_long(m: Mapping, base_dir: str | Path | None,
                         or e.name in DEMOGRAPHIC:
                     name = None
             else:
-                name = condition_for(_PROBLEM_SYSTEMS[t.system or "snomed"], code) if code \
-                    else None
+                system_url = _PROBLEM_SYSTEMS[t.system or "snomed"]
+                name = condition_for(system_url, code) if code else None
+                if name is None and code and condition_broader(system_url, code):
+                    # a broader code (e.g. ALL for B-ALL) is passed on as a code: the
+                    # normalizer makes the condition possible but unconfirmed
+                    cond = _problem(r, "", {"system": system_url, "code": code})
+                    if cond is not None:
+                        g.conditions.append(cond)
+                    g.issues.extend(tmp)
+                    continue
             if name is None:
                 system = (t.system or "").upper()
                 if not code:
@@ -1009,9 +1018,9 @@ def _load_long(m: Mapping, base_dir: str | Path | None,
     return groups
 
 
-def _problem(r: _Row, name: str) -> dict[str, Any] | None:
+def _problem(r: _Row, name: str, code: dict[str, str] | None = None) -> dict[str, Any] | None:
     f = r.t.fields
-    cond: dict[str, Any] = {"element": name}
+    cond: dict[str, Any] = {"codes": [code]} if code is not None else {"element": name}
     onset = r.date(f.get("start"), f"{name} onset", partial=True)
     if onset is None and r.raw(f.get("start")) is not None:
         r.issues[-1]["msg"] += "; condition kept without onset"
