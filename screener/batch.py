@@ -829,7 +829,7 @@ def _run_dask(address: str, spec: Spec, chunks: Iterator[Chunk],
         n = max(sum(client.ncores().values()), 1)
         inflight = 2 * n
         counts: dict[str, int] = {}
-        ac = as_completed()
+        ac = as_completed(loop=client.loop)
         for c in chunks:
             if ac.count() >= inflight:
                 fut = next(ac)
