@@ -259,3 +259,31 @@ def test_rule_files_reference_the_shipped_schema() -> None:
         first = f.read_text(encoding="utf-8").splitlines()[0]
         assert first == "# yaml-language-server: $schema=../screener/schema/trial.schema.json"
         assert (f.parent / "../screener/schema/trial.schema.json").resolve().exists()
+
+
+# ---- docs/rules.md -------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "rules.md"
+
+
+def test_the_tutorial_criterion_checks_and_its_examples_pass(tmp_path: Path) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    m = re.search(r"<!-- tutorial-result[^>]*-->\n```yaml\n(.*?)```", text, re.S)
+    assert m, "tutorial result block not found"
+    f = tmp_path / "NCT06930105.yaml"
+    f.write_text("trial: NCT06930105\ntitle: t\nversion: '1'\nsource: https://x\ncriteria:\n"
+                 + m.group(1), encoding="utf-8")
+    code, out, _ = run_cli("check", str(f))
+    assert code == 0 and "0 error(s), 0 warning(s)" in out, out
+    code, out, _ = run_cli("test", str(f))
+    assert code == 0 and out == "PASS: 5/5\n", out
+
+
+def test_docs_list_every_check_and_every_data_element() -> None:
+    from screener.elements import ELEMENTS
+    from screener.lint import CODES
+
+    text = DOC.read_text(encoding="utf-8")
+    assert not [c for c in CODES if f"`{c}`" not in text]
+    catalogue = text + (ROOT / "docs" / "data-elements.md").read_text(encoding="utf-8")
+    assert not [n for n in ELEMENTS if f"`{n}`" not in catalogue]
