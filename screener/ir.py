@@ -31,11 +31,11 @@ def encode_number(x: Fraction) -> int | None:
     <, <=, >, >=, == and != on codes give exactly the answer on the real values, however many
     decimals a ratio such as 121/40 has. None when the magnitude is out of range.
     """
-    if abs(x) >= MAX_MAGNITUDE:
+    n, d = x.numerator, x.denominator
+    if abs(n) >= MAX_MAGNITUDE * d:
         return None
-    scaled = x * SCALE
-    whole = scaled.numerator // scaled.denominator  # floor
-    return 2 * whole if scaled == whole else 2 * whole + 1
+    whole, rest = divmod(n * SCALE, d)  # floor division, also for negative values
+    return 2 * whole if rest == 0 else 2 * whole + 1
 
 
 def decode_number(code: int) -> Fraction:

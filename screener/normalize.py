@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Mapping
 
 from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_broader, \
@@ -50,6 +51,9 @@ _SYNONYMS = {
     "not detected": "not_detected", "undetected": "not_detected", "notdetected": "not_detected",
     "m": "male", "f": "female",
 }
+_BOUNDS: dict[str, tuple[Fraction | None, Fraction | None]] = {
+    n: ((Fraction(str(e.plausible[0])), Fraction(str(e.plausible[1]))) if e.plausible
+        else (None, None)) for n, e in ELEMENTS.items()}
 _POSNEG_TO_DETECT = {"positive": "detected", "negative": "not_detected"}
 _DETECT_TO_POSNEG = {"detected": "positive", "not_detected": "negative"}
 
@@ -103,6 +107,10 @@ class Prepared:
     unusable: dict[str, list[tuple[date | None, str, str, str]]] = field(default_factory=dict)
     #: element -> why records of it may exist that we could not read (misspelt names, ...)
     suspect: dict[str, list[str]] = field(default_factory=dict)
+    #: (slot key, review max age, site ULN) -> filled value and evidence, shared by the trials
+    #: screened with this record
+    filled: dict[tuple[Any, ...], tuple[int | str | None, dict[str, Any]]] = \
+        field(default_factory=dict)
 
     def issue(self, loc: str, code: str, msg: str, element: str | None = None) -> None:
         self.issues.append(DataIssue(loc, code, msg, element))
@@ -113,6 +121,12 @@ def parse_date(raw: Any) -> tuple[date | None, bool]:
     complete=False. Time and zone are ignored: the calendar date as recorded counts."""
     if not isinstance(raw, str):
         return None, False
+    return _parse_date_text(raw)
+
+
+@lru_cache(maxsize=8192)
+def _parse_date_text(raw: str) -> tuple[date | None, bool]:
+    # registries repeat the same dates endlessly: parsing each once is a measurable saving
     m = _DATE.match(raw.strip())
     if not m:
         return None, False
@@ -156,7 +170,7 @@ def _years_between(born: date, on: date) -> int:
 
 
 def prepare(patient: Any, as_of: date) -> Prepared:
-    if not isinstance(patient, Mapping):
+    if not isinstance(patient, dict):
         raise PatientDataError((), f"patient must be a JSON object, got {type(patient).__name__}",
                                "type_error")
     pid = patient.get("id")
@@ -175,12 +189,12 @@ def prepare(patient: Any, as_of: date) -> Prepared:
                                    "too_large")
         for i, item in enumerate(items):
             loc = f"{name}[{i}]"
-            if not isinstance(item, Mapping):
+            if not isinstance(item, dict):
                 prep.issue(loc, "type", f"expected an object, got {type(item).__name__}")
                 continue
             fn(prep, item, loc)
     rev = patient.get("reviewed")
-    if isinstance(rev, Mapping):
+    if isinstance(rev, dict):
         for k in ("conditions", "exposures"):
             if k in rev:
                 d, complete = parse_date(rev[k])
@@ -249,7 +263,7 @@ def _element_of(item: Mapping[str, Any]) -> str | None:
     if not isinstance(codes, list):
         return None
     for c in codes:
-        if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
             system = c.get("system")
             if system == LOINC and c["code"] in _LOINC:
                 return _LOINC[c["code"]]
@@ -339,7 +353,7 @@ def _broader_of(item: Mapping[str, Any]) -> str | None:
     if not isinstance(codes, list):
         return None
     for c in codes:
-        if isinstance(c, Mapping) and isinstance(c.get("code"), str) and \
+        if isinstance(c, dict) and isinstance(c.get("code"), str) and \
                 isinstance(c.get("system"), str):
             name = condition_broader(c["system"], c["code"])
             if name:
@@ -382,8 +396,8 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
     if factor is None:
         return None, None, "", ("unit", f"unknown unit {unit_raw!r} for {el.name} (accepted: "
                                 f"{', '.join(sorted(u for u in el.units if u))})", f"{loc}.unit")
-    value = n * factor
-    lo, hi = el.plausible or (None, None)
+    value = n * factor if factor != 1 else n
+    lo, hi = _BOUNDS[el.name]
     if lo is not None and hi is not None and not lo <= value <= hi:
         return None, None, "", ("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is "
                                 f"outside the plausible range {lo}-{hi} {el.unit}",
@@ -393,7 +407,7 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
                                 f"{loc}.value")
     uln = None
     rr = item.get("reference_range")
-    if el.uln and isinstance(rr, Mapping) and rr.get("high") is not None:
+    if el.uln and isinstance(rr, dict) and rr.get("high") is not None:
         high = parse_number(rr.get("high"))
         rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
         rfactor = el.units.get(normalise_unit(rr_unit if isinstance(rr_unit, str) else None))
@@ -542,6 +556,13 @@ def fill(prep: Prepared, trial: Trial) -> Facts:
     facts = Facts({}, {})
     site_uln = dict(trial.site_uln)
     for slot in slots_of(trial):
+        ck = (slot.key, trial.review_max_age_days, trial.site_uln if slot.mode == "uln" else ())
+        hit = prep.filled.get(ck)
+        if hit is not None:
+            if hit[0] is not None:
+                facts.values[slot.key] = hit[0]
+            facts.evidence[slot.key] = hit[1]
+            continue
         ev: dict[str, Any] = {"element": "+".join(slot.element)}
         if slot.within_days is not None:
             ev["window_days"] = slot.within_days
@@ -563,6 +584,7 @@ def fill(prep: Prepared, trial: Trial) -> Facts:
         if value is not None:
             facts.values[slot.key] = value
         facts.evidence[slot.key] = ev
+        prep.filled[ck] = (value, ev)
     return facts
 
 
