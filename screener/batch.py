@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .cli import DEFAULT_RULES, iso_date, register
 from .compile import rule_names
-from .errors import PatientDataError, ScreenerError, UnknownTrial, did_you_mean
+from .errors import PatientDataError, ScreenerError, did_you_mean
 from .ir import Criterion, leaves
 from .normalize import Prepared, fill, prepare
 from .report import favourable, verdict_for
@@ -760,7 +760,7 @@ def run_batch(opts: BatchOptions, err: IO[str] | None = None) -> tuple[dict[str,
     stats.workers = workers
     try:
         if opts.scheduler:
-            _run_dask(opts.scheduler, spec, chunks(), store, workers)
+            stats.workers = _run_dask(opts.scheduler, spec, chunks(), store)
         elif workers <= 0:
             w = _Worker(spec)
             try:
@@ -817,7 +817,8 @@ def _run_pool(spec: Spec, chunks: Iterator[Chunk], store: Callable[[ChunkResult,
 
 
 def _run_dask(address: str, spec: Spec, chunks: Iterator[Chunk],
-              store: Callable[[ChunkResult, int], None], workers: int) -> None:
+              store: Callable[[ChunkResult, int], None]) -> int:
+    """Chunks as tasks on a Dask cluster; returns the cluster's thread count."""
     try:
         import distributed
     except ImportError:  # pragma: no cover - optional dependency
@@ -826,7 +827,7 @@ def _run_dask(address: str, spec: Spec, chunks: Iterator[Chunk],
     dist: Any = distributed  # untyped library: keep its Any out of strict mypy's way
     as_completed = dist.as_completed
     with dist.Client(address, set_as_default=False) as client:
-        n = max(sum(client.ncores().values()), 1)
+        n = max(int(sum(client.ncores().values())), 1)
         inflight = 2 * n
         counts: dict[str, int] = {}
         ac = as_completed(loop=client.loop)
@@ -842,6 +843,7 @@ def _run_dask(address: str, spec: Spec, chunks: Iterator[Chunk],
         for fut in ac:
             res = fut.result()
             store(res, counts.pop(res.cid))
+    return n
 
 
 def _manifest(meta: Screener, ids: list[str], inputs: list[Input], opts: BatchOptions,
@@ -1383,12 +1385,11 @@ def cmd_batch(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                         engine=args.engine, force=args.force,
                         progress=False if args.no_progress else None)
     try:
-        run_batch(opts, err)
-    except UnknownTrial:
-        raise
-    except ScreenerError as e:
-        err.write(f"error: {e}\n")
-        return 2
+        run_batch(opts, err)  # ScreenerErrors (unknown trial, bad mapping, ...) -> cli.run
+    except KeyboardInterrupt:
+        err.write(f"\ninterrupted: finished chunks are kept in {args.out}; run the same "
+                  "command again to continue\n")
+        return 130
     return 0
 
 
