@@ -53,7 +53,7 @@ from .validate import schema_errors
 
 #: beyond this many fact combinations a criterion is not enumerated (none of the seed trials'
 #: criteria comes near: the largest has 3 slots and about 200 combinations)
-MAX_COMBINATIONS = 200_000
+MAX_COMBINATIONS = 20_000
 #: a multiple of the ULN above this is almost certainly an absolute value written as x_uln
 MAX_SENSIBLE_X_ULN = 20
 
@@ -266,10 +266,13 @@ def assignments(slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
 
 
 def outcomes(node: Node, facts: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The truth values (T / F / U) `node` takes over the given facts."""
+    """The truth values (T / F / U) `node` takes over the given facts. Stops as soon as it has
+    seen both true and false: no check needs more."""
     out: set[str] = set()
     for f in facts:
         out.add(tri(reference.evaluate(node, f)))
+        if "T" in out and "F" in out:
+            break
     return out
 
 

@@ -264,3 +264,59 @@ def test_files_with_earlier_errors_are_not_linted(tmp_path: Path) -> None:
     f = tmp_path / "x.yaml"
     f.write_text(HEAD + crit('{fact: age, op: ">=", value: 0}') + "    bogus: 1\n")
     assert check_files([str(f)]) == []  # the schema error is reported by check_file
+
+
+def _random_node(rng: random.Random, depth: int = 0) -> dict[str, object]:
+    from screener.elements import ELEMENTS
+
+    r = rng.random()
+    if depth < 3 and r < 0.25:
+        return {"all": [_random_node(rng, depth + 1) for _ in range(rng.randint(1, 3))]}
+    if depth < 3 and r < 0.45:
+        return {"any": [_random_node(rng, depth + 1) for _ in range(rng.randint(1, 3))]}
+    if depth < 3 and r < 0.55:
+        return {"not": _random_node(rng, depth + 1)}
+    name = rng.choice(sorted(ELEMENTS))
+    e = ELEMENTS[name]
+    if e.kind == "condition":
+        return {"condition": name, "within_days": rng.choice([0, 28, 90]),
+                "active": rng.random() < 0.3}
+    if e.kind == "boolean":
+        return {"fact": name, "op": rng.choice(["==", "!="]), "value": rng.random() < 0.5}
+    if e.kind == "coded":
+        op = rng.choice(["==", "!=", "in", "not_in"])
+        return {"fact": name, "op": op, "value": rng.choice(e.values) if op in ("==", "!=")
+                else rng.sample(list(e.values), 2)}
+    lo, hi = e.plausible or (0, 100)
+    if e.uln and rng.random() < 0.5:
+        return {"fact": name, "op": rng.choice(["<", "<=", ">", ">="]),
+                "x_uln": rng.choice([0.5, 1, 1.25, 3, 30])}
+    pick = lambda: rng.choice([lo - 1, lo, hi, hi + 1, (lo + hi) / 2])  # noqa: E731
+    op = rng.choice(["<", "<=", ">", ">=", "==", "!=", "in", "not_in", "between"])
+    value: object = sorted([pick(), pick()]) if op in ("in", "not_in", "between") else pick()
+    return {"fact": name, "op": op, "value": value}
+
+
+def test_lint_never_crashes_on_random_valid_rules() -> None:
+    """Random (schema- and parse-valid) trees over every element and operator: the checks
+    finish, and each finding is located inside the file."""
+    import json
+
+    rng = random.Random(20261122)
+    linted = 0
+    for _ in range(60):
+        crits = [{"id": f"c{i}", "kind": rng.choice(["inclusion", "exclusion"]), "text": "x",
+                  "logic": _random_node(rng)} for i in range(rng.randint(1, 3))]
+        text = json.dumps({"trial": "NCT06111625", "title": "t", "version": "1",
+                           "source": "https://x", "criteria": crits}, indent=1)
+        doc, errors = loads(text, "f.yaml")
+        if doc is None or errors or schema_errors(doc):
+            continue
+        trial, errors = parse(doc)
+        if trial is None:
+            continue
+        n_lines = text.count("\n") + 1
+        for f in Linter(doc, trial).run():
+            assert 1 <= f.line <= n_lines and f.code.startswith("lint."), f
+        linted += 1
+    assert linted >= 40
