@@ -63,7 +63,7 @@ from .cli import DEFAULT_RULES, iso_date, register
 from .compile import rule_names
 from .errors import PatientDataError, ScreenerError, did_you_mean
 from .ir import Criterion, leaves
-from .normalize import Prepared, fill, prepare
+from .normalize import Facts, fill, prepare
 from .report import favourable, verdict_for
 from .screen import EngineName, Screener, load_trials, rule_files
 
@@ -260,7 +260,8 @@ class _Worker:
         secs = dict.fromkeys(("parse", "prepare", "fill", "engine", "verdicts", "encode"), 0.0)
         errors: list[dict[str, Any]] = []
         rows: list[tuple[str | None, str, int]] = []   # patient_id, source, record number
-        preps: list[Prepared] = []
+        facts: dict[str, list[Facts]] = {tid: [] for tid in self.ids}
+        trials = [(tid, self.screener.get(tid).trial) for tid in self.ids]
         n_records = n_issues = 0
         t0 = clock()
         for number, where, patient, adapter_issues, problem in self._items(chunk):
@@ -271,38 +272,47 @@ class _Worker:
                 continue
             t1 = clock()
             secs["parse"] += t1 - t0
+            stage = "prepare"
             try:
                 prep = prepare(patient, self.as_of)
+                t2 = clock()
+                stage = "fill"
+                # every trial's facts now, so that a record failing in fill is one bad record
+                # (not a failed chunk) and keeps no half-filled row
+                filled = [fill(prep, trial) for _, trial in trials]
             except PatientDataError as e:
                 errors.append({"kind": "record", **base, "code": e.type, "reason": str(e)})
                 t0 = clock()
-                secs["prepare"] += t0 - t1
+                secs[stage] += t0 - t1
                 continue
             except Exception as e:  # noqa: BLE001 - one odd record must not end a long run
                 errors.append({"kind": "record", **base, "code": "internal_error",
-                               "reason": f"{type(e).__name__}: {e}"})
+                               "reason": f"{stage}: {type(e).__name__}: {e}"})
                 t0 = clock()
-                secs["prepare"] += t0 - t1
+                secs[stage] += t0 - t1
                 continue
             t0 = clock()
-            secs["prepare"] += t0 - t1
+            secs["prepare"] += t2 - t1
+            secs["fill"] += t0 - t2
             pid = prep.patient_id
             for issue in adapter_issues:
                 errors.append({"kind": "value", **base, "patient_id": pid,
                                "origin": "adapter", **issue})
-            for di in sorted(set(prep.issues)):
+            issues = sorted(set(prep.issues))
+            for di in issues:
                 errors.append({"kind": "value", **base, "patient_id": pid,
                                "origin": "normalize", **di.as_dict()})
-            n_issues += len(adapter_issues) + len(set(prep.issues))
+            n_issues += len(adapter_issues) + len(issues)
             rows.append((pid, where, number))
-            preps.append(prep)
+            for (tid, _), fc in zip(trials, filled, strict=True):
+                facts[tid].append(fc)
         secs["parse"] += clock() - t0
 
         columns: dict[str, list[Any]] = {
             "patient_id": [r[0] for r in rows], "source": [r[1] for r in rows],
             "input": [chunk.input_index] * len(rows), "record": [r[2] for r in rows]}
         for tid in self.ids:
-            self._screen_trial(tid, preps, rows, chunk, columns, errors, secs)
+            self._screen_trial(tid, facts[tid], rows, chunk, columns, errors, secs)
 
         t0 = clock()
         table = pa.Table.from_pydict(columns, schema=self.schema)
@@ -317,14 +327,11 @@ class _Worker:
         return ChunkResult(chunk.cid, n_records, len(rows), n_records - len(rows), n_issues,
                            sink.getvalue().to_pybytes(), err_text.encode(), secs)
 
-    def _screen_trial(self, tid: str, preps: list[Prepared], rows: list[tuple[str | None, str,
+    def _screen_trial(self, tid: str, facts: list[Facts], rows: list[tuple[str | None, str,
                       int]], chunk: Chunk, columns: dict[str, list[Any]],
                       errors: list[dict[str, Any]], secs: dict[str, float]) -> None:
         clock = time.perf_counter
-        comp = self.screener.get(tid)
         plan = self.plans[tid]
-        t0 = clock()
-        facts = [fill(p, comp.trial) for p in preps]
         t1 = clock()
         fired: list[set[str]] = []
         for k in range(0, len(facts), self.spec.sub_batch):
@@ -359,7 +366,6 @@ class _Worker:
             columns[verdict_column(tid, cp.criterion.id)] = verdict_cols[i]
             columns[missing_column(tid, cp.criterion.id)] = missing_cols[i]
         t3 = clock()
-        secs["fill"] += t1 - t0
         secs["engine"] += t2 - t1
         secs["verdicts"] += t3 - t2
 
