@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,6 +35,7 @@ AS_OF = date(2026, 11, 22)
 SMART = Path(__file__).resolve().parents[2] / "shared" / "registry-examples" / \
     "smart-sample-patients"
 SMART_MAPPING = ROOT / "fixtures" / "registry" / "smart-sample.mapping.yaml"
+SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "fhir-examples" / "synthea-r4"
 RULES = str(ROOT / "rules")  # replaced by a private copy (rules_copy)
 
 
@@ -303,6 +304,24 @@ def test_smart_sample_tables_through_the_long_mapping(tmp_path: Path,
         assert all(row[f"NCT06930105:{c['id']}"] == c["verdict"] for c in rep["criteria"])
     assert summary["records"]["screened"] == len(expected)
     assert (out / "report.html").exists()
+
+
+@pytest.mark.skipif(not SYNTHEA.is_dir(), reason="Synthea example bundles not present")
+def test_fhir_bundle_lines(tmp_path: Path, screener: Screener) -> None:
+    from screener.adapters.fhir import bundle_to_patient
+    files = sorted(SYNTHEA.glob("*.json"), key=lambda f: f.stat().st_size)[:3]
+    docs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    path = tmp_path / "bundles.ndjson"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    run_batch(_opts([str(path)], tmp_path / "out"), io.StringIO())
+    rows = _rows(tmp_path / "out")
+    assert [r["record"] for r in rows] == [1, 2, 3]
+    for doc, row in zip(docs, rows, strict=True):
+        patient, _ = bundle_to_patient(doc)
+        for tid in TRIALS:
+            rep = screener.screen(tid, patient, AS_OF)
+            assert row[f"{tid}:status"] == rep["status"]
+            assert all(row[f"{tid}:{c['id']}"] == c["verdict"] for c in rep["criteria"])
 
 
 # ---- what-if reports ---------------------------------------------------------------------------
