@@ -35,7 +35,8 @@ def main() -> None:
     line = f"| {args.n} | {gen:,.0f} | {nd:,.0f} |"
     print("| patients | generate /s | write NDJSON /s |\n|---:|---:|---:|\n" + line)
     if args.record:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}")
         with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
             fh.write(f"\n## Synthetic registry (bench/synth.py) — {date.today()} — {machine}\n\n"
                      f"| patients | generate /s | write NDJSON /s |\n|---:|---:|---:|\n{line}\n")

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import date
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from . import __version__
 from .errors import PatientDataError, RuleFileError, ScreenerError
@@ -91,8 +92,8 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         err.write("no rule files found\n")
         return 1
     findings = []
-    for f in files:
-        _, errors = check_file(f)
+    for path in files:
+        _, errors = check_file(path)
         findings += errors
     from . import lint  # static checks beyond the schema (warnings and errors)
     findings += lint.check_files(files)

@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 from .errors import RuleError, RuleFileError
-from .ir import All, Any_, Compare, Node, Not, Present, Trial, slots_of
+from .ir import All, Compare, Node, Not, Present, Trial, slots_of
 
 _NEG = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "==",
         "in": "not_in", "not_in": "in"}
@@ -131,5 +131,6 @@ def ruleset_hash(trial: Trial, definition: dict[str, Any]) -> str:
             for c in trial.criteria]
     blob = json.dumps({"trial": trial.id, "version": trial.version, "rules": definition,
                        "criteria": meta, "review_max_age_days": trial.review_max_age_days,
-                       "site_uln": [(n, str(v)) for n, v in trial.site_uln]}, sort_keys=True, separators=(",", ":"))
+                       "site_uln": [(n, str(v)) for n, v in trial.site_uln]},
+                      sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()

@@ -18,9 +18,10 @@ Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal, Mapping
+from typing import Literal
 
 Kind = Literal["quantity", "coded", "boolean", "condition", "exposure", "derived"]
 

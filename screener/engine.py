@@ -28,7 +28,8 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import durable_rules_engine as _dre
 

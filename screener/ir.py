@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
-from typing import Literal, Union
+from typing import Literal
 
 #: numbers are carried as integers: twice the value in millionths (see `encode_number`)
 SCALE = 1_000_000
@@ -73,7 +73,7 @@ class Slot:
         return f"{'_'.join(self.element)}__{self.mode}__{win}{act}"
 
 
-SlotValue = Union[int, str]
+SlotValue = int | str
 
 
 @dataclass(frozen=True)
@@ -97,20 +97,20 @@ class Present:
 
 @dataclass(frozen=True)
 class All:
-    parts: tuple["Node", ...]
+    parts: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Any_:
-    parts: tuple["Node", ...]
+    parts: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Not:
-    part: "Node"
+    part: Node
 
 
-Node = Union[Compare, Present, All, Any_, Not]
+Node = Compare | Present | All | Any_ | Not
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,25 @@ Decisions that matter clinically (each documented in docs/rules.md):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
-from .elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT, Element, by_loinc, condition_broader, \
-    condition_for, normalise_unit
+from .elements import (
+    DEMOGRAPHIC,
+    ELEMENTS,
+    LOINC,
+    PROJECT,
+    Element,
+    by_loinc,
+    condition_broader,
+    condition_for,
+    normalise_unit,
+)
 from .errors import DataIssue, PatientDataError, did_you_mean
 from .ir import Slot, Trial, encode_number, slots_of
 

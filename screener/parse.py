@@ -14,8 +14,22 @@ from typing import Any
 
 from .elements import ELEMENTS, Element, normalise_unit
 from .errors import RuleError, did_you_mean
-from .ir import (SCALE, encode_number, All, Any_, Compare, Criterion, Node, Not, OnUnknown, Present, Slot,
-                 SlotValue, Span, Trial)
+from .ir import (
+    SCALE,
+    All,
+    Any_,
+    Compare,
+    Criterion,
+    Node,
+    Not,
+    OnUnknown,
+    Present,
+    Slot,
+    SlotValue,
+    Span,
+    Trial,
+    encode_number,
+)
 from .load import Located, Path
 
 DEFAULT_REVIEW_MAX_AGE_DAYS = 30

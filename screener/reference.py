@@ -10,16 +10,17 @@ Truth values are `True`, `False` and `UNKNOWN` (a distinct falsy sentinel: missi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .compile import rule_names
-from .ir import All, Any_, Compare, Node, Not, Present, Trial
+from .ir import All, Compare, Node, Not, Present, Trial
 
 
 class _Unknown:
     _instance = None
 
-    def __new__(cls) -> "_Unknown":
+    def __new__(cls) -> _Unknown:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -45,8 +46,8 @@ def _cmp(op: str, x: Any, values: tuple[Any, ...]) -> bool:
     v = values[0]
     if type(x) is not type(v):  # the normalizer guarantees types; mismatch is never a match
         return False
-    return {"<": x < v, "<=": x <= v, ">": x > v, ">=": x >= v, "==": x == v,
-            "!=": x != v}[op]
+    return bool({"<": x < v, "<=": x <= v, ">": x > v, ">=": x >= v, "==": x == v,
+                 "!=": x != v}[op])
 
 
 def evaluate(node: Node, facts: Mapping[str, Any]) -> Tri:

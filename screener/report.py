@@ -15,7 +15,8 @@ byte-identical output (`dumps`).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .compile import rule_names
 from .errors import DataIssue, ScreenerError

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from . import __version__, reference
 from .compile import compile_trial, ruleset_hash
@@ -104,7 +105,7 @@ class Screener:
             self.compiled[t.id] = Compiled(t, definition, h, rs)
 
     @classmethod
-    def from_paths(cls, paths: Iterable[str], engine: EngineName = "rete") -> "Screener":
+    def from_paths(cls, paths: Iterable[str], engine: EngineName = "rete") -> Screener:
         return cls(load_trials(paths), engine)
 
     def close(self) -> None:

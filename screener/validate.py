@@ -8,8 +8,9 @@ unknown keys and enum misses get a did-you-mean suggestion.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
