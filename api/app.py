@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -145,6 +146,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(ServiceMiddleware, api_keys=settings.api_keys,
                        auth=settings.auth_enabled, max_body=settings.max_body_bytes,
                        metrics=metrics)
+    if settings.cors_origins:
+        # added last, so it is the outer layer: a browser's preflight (OPTIONS, no credentials)
+        # is answered here and never reaches authentication
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"])
 
     # ---- probes and metrics -----------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class Settings:
     public_url: str | None = None
     #: install a SIGHUP handler that reloads the rules (only possible in the main thread)
     handle_sighup: bool = True
+    #: origins allowed to call from a browser (CDS Hooks clients such as sandboxes); none: no CORS
+    cors_origins: tuple[str, ...] = ()
     #: pid of the uvicorn supervisor (set by `python -m api` with several workers); a successful
     #: reload asks it for a rolling restart so that every worker serves the same rules
     supervisor_pid: int | None = None
@@ -126,5 +128,7 @@ class Settings:
             report_dir=text("SCREENER_REPORT_DIR"),
             report_ttl_seconds=integer("SCREENER_REPORT_TTL", 3600),
             public_url=(text("SCREENER_PUBLIC_URL") or "").rstrip("/") or None,
+            cors_origins=tuple(o.strip() for o in (text("SCREENER_CORS_ORIGINS") or "").split(",")
+                               if o.strip()),
             supervisor_pid=int(sup) if sup and sup.isdigit() else None,
         )

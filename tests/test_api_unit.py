@@ -115,6 +115,18 @@ def test_auth(client: TestClient) -> None:
     assert client.post("/admin/reload").status_code == 401
 
 
+def test_cors_preflight_is_answered_before_authentication() -> None:
+    app = create_app(make(cors_origins=("https://sandbox.cds-hooks.org",)))
+    with TestClient(app) as c:
+        r = c.options("/cds-services/trial-screening", headers={
+            "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
+        r = c.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+        assert r.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
+
+
 def test_dev_mode_has_no_auth() -> None:
     with TestClient(create_app(Settings(dev_mode=True, handle_sighup=False))) as c:
         assert c.get("/trials").status_code == 200
