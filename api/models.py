@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: A screening date outside this range is a mistake, and near year 1 or 9999 the core's date
+#: windows (as_of minus N days) would overflow.
+AS_OF_MIN, AS_OF_MAX = date(1900, 1, 1), date(2199, 12, 31)
 
 
 def _iso_date(v: Any) -> Any:
@@ -24,7 +27,10 @@ def _iso_date(v: Any) -> Any:
         return v
     if not isinstance(v, str) or not _ISO_DATE.match(v):
         raise ValueError("as_of must be a date string YYYY-MM-DD")
-    return date.fromisoformat(v)
+    d = date.fromisoformat(v)
+    if not AS_OF_MIN <= d <= AS_OF_MAX:
+        raise ValueError(f"as_of must be between {AS_OF_MIN} and {AS_OF_MAX}")
+    return d
 
 
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
