@@ -174,6 +174,21 @@ def _fmt(x: Fraction) -> str:
     return s
 
 
+def days_before(d: date, days: int) -> date:
+    """`d` minus `days`, clamped at the first representable date (an `as_of` near year 1
+    must not crash the window arithmetic)."""
+    try:
+        return d - timedelta(days=days)
+    except OverflowError:
+        return date.min
+
+
+def _month_end(d: date) -> date:
+    if d.month == 12:
+        return date(d.year, 12, 31)
+    return date(d.year, d.month + 1, 1) - timedelta(days=1)
+
+
 def _years_between(born: date, on: date) -> int:
     had_birthday = (on.month, on.day) >= (born.month, born.day)
     return on.year - born.year - (0 if had_birthday else 1)
@@ -238,7 +253,7 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
             else:
                 # partial date: youngest if born at the end of the period, oldest at its start
                 last = (date(d.year, 12, 31) if len(str(raw).strip()) == 4 else
-                        (date(d.year + (d.month == 12), d.month % 12 + 1, 1) - timedelta(days=1)))
+                        _month_end(d))
                 hi = _years_between(d, as_of)
                 lo = _years_between(min(last, as_of), as_of)
             if hi > 130:
@@ -665,7 +680,7 @@ def _fresh(d: date, prep: Prepared, max_age: int) -> bool:
 
 def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> str | None:
     as_of, win = prep.as_of, slot.within_days
-    start = as_of - timedelta(days=win) if win is not None else None
+    start = days_before(as_of, win) if win is not None else None
     hits: list[CondRecord] = []
     doubts: list[str] = [why for name in slot.element for why in prep.suspect.get(name, [])]
     for name in slot.element:

@@ -211,3 +211,11 @@ def test_future_result_is_ignored_and_older_one_counts(screener: Screener) -> No
                           {"element": "ast", "value": 20, "unit": "U/L",
                            "reference_range": {"high": 40}, "date": "2026-11-20"}]}
     assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
+
+
+@pytest.mark.parametrize("as_of", [date(1, 1, 5), date(9999, 12, 31)])
+def test_extreme_as_of_dates_do_not_crash(screener: Screener, as_of: date) -> None:
+    p = {"birth_date": "9999-12", "conditions": [{"element": "dvt", "onset": "0001-01-01"}],
+         "observations": [{**ALT, "value": 30, "date": "0001-01-02"}]}
+    for trial in ("NCT06930105", "NCT06111625"):
+        assert screener.screen(trial, p, as_of)["status"] in ("needs_review", "ineligible")
