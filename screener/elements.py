@@ -71,7 +71,7 @@ _DETECT = ("detected", "not_detected")
 
 ELEMENTS: dict[str, Element] = {e.name: e for e in [
     # --- demographics -----------------------------------------------------------------------
-    Element("age", "derived", "age in completed years at as_of", unit="a", plausible=(0, 130),
+    Element("age", "derived", "age in completed years at as_of", unit="years", plausible=(0, 130),
             integer=True),
     Element("sex", "coded", "administrative sex", values=("female", "male", "other", "unknown")),
     # --- performance and comorbidity scores -------------------------------------------------
