@@ -205,6 +205,11 @@ def run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     except ScreenerError as e:
         stderr.write(f"error: {e}\n")
         return 2
+    except OSError as e:
+        # files the user named: a clear message, not a traceback
+        where = f": {e.filename}" if e.filename else ""
+        stderr.write(f"error: {e.strerror or e}{where}\n")
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

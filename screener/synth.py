@@ -324,6 +324,7 @@ def write_ndjson(path: str | Path, n: int, seed: int, as_of: str) -> int:
     count = 0
     dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
     buf: list[str] = []
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with Path(path).open("w", encoding="utf-8", newline="\n") as fh:
         for p in generate(n, seed, as_of):
             buf.append(dumps(p))

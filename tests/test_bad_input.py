@@ -219,3 +219,11 @@ def test_extreme_as_of_dates_do_not_crash(screener: Screener, as_of: date) -> No
          "observations": [{**ALT, "value": 30, "date": "0001-01-02"}]}
     for trial in ("NCT06930105", "NCT06111625"):
         assert screener.screen(trial, p, as_of)["status"] in ("needs_review", "ineligible")
+
+
+def test_cli_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = run_cli("synth", "3", "--seed", "1", "--as-of", "2026-11-22",
+                             "--out", str(blocker / "sub" / "r.ndjson"))
+    assert code == 2 and "error:" in err and "Traceback" not in err
