@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -45,6 +46,29 @@ _lock = threading.RLock()
 
 class EngineError(ScreenerError):
     pass
+
+
+_SAFE = re.compile(r'^[A-Za-z0-9_.+\-]*$')
+
+
+def _fact_json(fact: dict[str, Any], index: int) -> str:
+    """One fact as JSON, with the session id, its index and the sentinel field.
+
+    Facts hold only slot keys and integer codes or short coded strings (the normalizer's
+    contract), so a direct join is exact and about twice as fast as `json.dumps`; anything
+    else (a float, a string needing escapes, a bool) goes through `json.dumps`, and the engine
+    rejects what it cannot represent.
+    """
+    parts = [f'{{"sid":"{_SID}","id":"{index}","{SENTINEL_FIELD}":1']
+    for k, v in fact.items():
+        tv = type(v)
+        if tv is int and _SAFE.match(k):
+            parts.append(f'"{k}":{v}')
+        elif tv is str and _SAFE.match(k) and _SAFE.match(v):
+            parts.append(f'"{k}":"{v}"')
+        else:
+            parts.append(f"{json.dumps(k)}:{json.dumps(v)}")
+    return ",".join(parts) + "}"
 
 
 class Ruleset:
@@ -83,14 +107,13 @@ class Ruleset:
         if not facts:
             return []
         out: list[set[str]] = [set() for _ in facts]
-        payload = [dict(f, sid=_SID, id=str(i), **{SENTINEL_FIELD: 1})
-                   for i, f in enumerate(facts)]
+        payload = "[" + ",".join(_fact_json(f, i) for i, f in enumerate(facts)) + "]"
         with _lock:
             if self._closed:
                 raise EngineError(f"ruleset {self.name} is closed")
             try:
                 try:
-                    result = _dre.assert_facts(self._handle, json.dumps(payload))
+                    result = _dre.assert_facts(self._handle, payload)
                 except Exception as e:
                     if len(facts) == 1:
                         raise EngineError(f"durable_rules rejected the fact: {e}") from e
@@ -122,8 +145,8 @@ class Ruleset:
     def _collect(raw: str, out: list[set[str]]) -> None:
         """Record one fired rule from an action message without parsing the whole JSON.
 
-        A message is `{"<rule>":{"m":{"sid": "1", "id": "<n>", ...}}}` (durable_rules' own
-        serialisation; one rule per message). Parsing it with `json.loads` cost about 25 us
+        A message is `{"<rule>":{"m":{"sid":"1","id":"<n>", ...}}}` (one rule per message; the
+        fact comes back as `_fact_json` wrote it). Parsing it with `json.loads` cost about 25 us
         per fired rule, most of the engine time; rule names and our field values never contain
         quotes, so slicing is exact. The sentinel rule is skipped.
         """
@@ -134,7 +157,8 @@ class Ruleset:
         if len(out) == 1:
             out[0].add(rule)
             return
-        i = raw.index('"id": "', end) + 7
+        # the fact is echoed as it was asserted: `"id":"<n>"` (see `_fact_json`)
+        i = raw.index('"id":"', end) + 6
         out[int(raw[i:raw.index('"', i)])].add(rule)
 
     def _delete(self) -> None:
