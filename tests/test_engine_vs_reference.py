@@ -9,6 +9,7 @@ the many-facts-per-session batch path.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -102,3 +103,11 @@ def test_missing_slot_fires_neither_polarity() -> None:
         assert rs.fired({"unrelated": 1}) == set()
     finally:
         rs.close()
+
+
+def test_fact_json_is_exact_json_for_every_value_kind() -> None:
+    from screener.engine import _fact_json
+    fact = {"n__value__any": 2_000_000, "neg": -7, "c__value__30d": "not_detected",
+            "quote": 'a"b', "back": "a\\b", "odd key \"": 1, "flag": True, "f": 1.5}
+    parsed = json.loads(_fact_json(fact, 12))
+    assert parsed == {**fact, "sid": "1", "id": "12", "__seen": 1}
