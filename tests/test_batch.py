@@ -26,6 +26,7 @@ import pytest
 from screener import batch, synth
 from screener.batch import BatchError, BatchOptions, read_matrix, run_batch, status_of
 from screener.cli import parse_args, run
+from screener.compile import rule_names
 from screener.report import build
 from screener.screen import Screener
 
@@ -132,7 +133,7 @@ def test_status_rule_matches_report_build(screener: Screener) -> None:
     for combo in itertools.product(range(9), repeat=len(crits)):
         fired: set[str] = set()
         for c, k in zip(crits, combo, strict=True):
-            names = batch.rule_names(c.id)
+            names = rule_names(c.id)
             if k % 3 == 1:
                 fired.add(names["T"])
             elif k % 3 == 2:
@@ -333,7 +334,8 @@ def _report(args: list[str]) -> tuple[int, str, str]:
 
 
 def _funnel(summary: dict[str, Any], tid: str) -> list[dict[str, Any]]:
-    return next(t for t in summary["trials"] if t["id"] == tid)["funnel"]
+    funnel: list[dict[str, Any]] = next(t for t in summary["trials"] if t["id"] == tid)["funnel"]
+    return funnel
 
 
 def test_report_without_and_order(clean_small: Path) -> None:
