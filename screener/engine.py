@@ -8,8 +8,9 @@ How the engine is used, and why (see docs/engine.md and shared notes on durable_
   fired rule names are read through `start_action_for_state` / `complete_and_start_action`.
 * Facts, not events: an event is consumed by the first rule that fires; a fact fires every
   matching rule, and each criterion needs its own rules to fire.
-* One session alive at a time per engine, with a fixed session id, deleted in `finally`: sids are
-  matched by a 32-bit hash and a ruleset holds at most 1024 sessions.
+* One session alive at a time per ruleset, with a fixed session id: sids are matched by a
+  32-bit hash and a ruleset holds at most 1024 sessions. The session is deleted after
+  `SESSION_FACTS` facts, and at once after any error.
 * Several patients may share one session (`screen_many`): each patient is one fact with its own
   `id`, fired rules carry the fact back, and rules never join facts, so patients cannot interact.
 * The C code holds the GIL and is not thread-safe: a lock serialises calls. Scale with processes.
@@ -40,6 +41,9 @@ ENGINE_VERSION = "durable_rules 2.0.28"
 _SID = "1"
 SENTINEL_RULE = "__seen__"
 SENTINEL_FIELD = "__seen"
+#: facts asserted into one session before it is deleted (bounded memory, 1024-session limit
+#: never approached: one session per ruleset is alive at a time)
+SESSION_FACTS = 256
 _counter = itertools.count()
 _lock = threading.RLock()
 
@@ -85,6 +89,8 @@ class Ruleset:
             except Exception as e:  # the binding raises plain Exception with a code
                 raise EngineError(f"durable_rules refused ruleset {name!r}: {e}") from e
         self._closed = False
+        self._next_id = 0
+        self._in_session = 0
 
     def close(self) -> None:
         with _lock:
@@ -103,14 +109,23 @@ class Ruleset:
         return self.fired_many([fact])[0]
 
     def fired_many(self, facts: Sequence[dict[str, Any]]) -> list[set[str]]:
-        """Names of fired rules, per fact. Facts must not contain 'sid' or 'id'."""
+        """Names of fired rules, per fact. Facts must not contain 'sid' or 'id'.
+
+        The session is kept for up to `SESSION_FACTS` facts and then deleted: creating and
+        deleting a session costs about as much as evaluating a small trial. Each call asserts
+        facts with fresh ids and drains every action before returning, so no action of one
+        call can be read by another; rules never join facts, so earlier facts change nothing.
+        """
         if not facts:
             return []
         out: list[set[str]] = [set() for _ in facts]
-        payload = "[" + ",".join(_fact_json(f, i) for i, f in enumerate(facts)) + "]"
         with _lock:
             if self._closed:
                 raise EngineError(f"ruleset {self.name} is closed")
+            base = self._next_id
+            self._next_id += len(facts)
+            payload = "[" + ",".join(_fact_json(f, base + i) for i, f in enumerate(facts)) + "]"
+            clean = False
             try:
                 try:
                     result = _dre.assert_facts(self._handle, payload)
@@ -123,13 +138,16 @@ class Ruleset:
                 state_handle = result[1]
                 msg = _dre.start_action_for_state(self._handle, state_handle)
                 if msg:
-                    self._collect(msg[1], out)
+                    self._collect(msg[1], out, base)
                     nxt = _dre.complete_and_start_action(self._handle, state_handle)
                     while nxt:
-                        self._collect(nxt, out)
+                        self._collect(nxt, out, base)
                         nxt = _dre.complete_and_start_action(self._handle, state_handle)
+                self._in_session += len(facts)
+                clean = True
             finally:
-                self._delete()
+                if not clean or self._in_session >= SESSION_FACTS:
+                    self._delete()
         return out
 
     def _one_by_one(self, facts: Iterable[dict[str, Any]]) -> list[set[str]]:
@@ -142,7 +160,7 @@ class Ruleset:
         return res
 
     @staticmethod
-    def _collect(raw: str, out: list[set[str]]) -> None:
+    def _collect(raw: str, out: list[set[str]], base: int) -> None:
         """Record one fired rule from an action message without parsing the whole JSON.
 
         A message is `{"<rule>":{"m":{"sid":"1","id":"<n>", ...}}}` (one rule per message; the
@@ -154,14 +172,15 @@ class Ruleset:
         rule = raw[2:end]
         if rule == SENTINEL_RULE:
             return
-        if len(out) == 1:
-            out[0].add(rule)
-            return
-        # the fact is echoed as it was asserted: `"id":"<n>"` (see `_fact_json`)
         i = raw.index('"id":"', end) + 6
-        out[int(raw[i:raw.index('"', i)])].add(rule)
+        k = int(raw[i:raw.index('"', i)]) - base
+        if not 0 <= k < len(out):
+            raise EngineError(f"action for fact {k + base} outside this call: engine state "
+                              "is inconsistent")
+        out[k].add(rule)
 
     def _delete(self) -> None:
+        self._in_session = 0
         try:
             _dre.delete_state(self._handle, _SID)
         except Exception:

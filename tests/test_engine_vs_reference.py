@@ -111,3 +111,34 @@ def test_fact_json_is_exact_json_for_every_value_kind() -> None:
             "quote": 'a"b', "back": "a\\b", "odd key \"": 1, "flag": True, "f": 1.5}
     parsed = json.loads(_fact_json(fact, 12))
     assert parsed == {**fact, "sid": "1", "id": "12", "__seen": 1}
+
+
+def test_session_reuse_across_many_calls_matches_reference() -> None:
+    """Facts of earlier calls stay in the session until it is recycled (every SESSION_FACTS
+    facts): 700 single-fact calls and a few batches cross that boundary several times."""
+    from screener.engine import SESSION_FACTS
+    rnd = random.Random(5)
+    trial = _fixed_trial()
+    rs = Ruleset("reuse", compile_trial(trial))
+    try:
+        for i in range(700):
+            facts = patient(rnd)
+            assert rs.fired(facts) == reference.fired(trial, facts), i
+            if i % 97 == 0:
+                batch = [patient(rnd) for _ in range(SESSION_FACTS // 3)]
+                assert rs.fired_many(batch) == [reference.fired(trial, f) for f in batch]
+    finally:
+        rs.close()
+
+
+def _fixed_trial() -> Trial:
+    a, b = NUM_SLOTS[0], COD_SLOTS[0]
+    crits = (
+        Criterion("c0", "inclusion", "t", All((Compare(a, "<=", (4,), SPAN),
+                                               Compare(b, "in", ("a", "b"), SPAN))),
+                  False, None, None, SPAN),
+        Criterion("c1", "exclusion", "t", Any_((Present(PRESENT_SLOTS[1], SPAN),
+                                                Not(Compare(NUM_SLOTS[2], ">", (10,), SPAN)))),
+                  False, Compare(COD_SLOTS[1], "!=", ("c",), SPAN), None, SPAN),
+    )
+    return Trial("NCT00000000", "t", "1", "s", crits, 30, (), "<g>", "0")
