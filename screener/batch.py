@@ -51,12 +51,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import IO, Any, cast
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import __version__
 from .cli import DEFAULT_RULES, iso_date, register
@@ -66,6 +61,11 @@ from .ir import Criterion, leaves
 from .normalize import Facts, fill, prepare
 from .report import favourable, verdict_for
 from .screen import EngineName, Screener, load_trials, rule_files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+# pyarrow is imported where it is used: the CLI imports this module for every command (to
+# register `batch`), and `screener screen` should not pay a quarter of a second for pyarrow.
 
 VERDICTS = ("met", "not_met", "unknown", "not_applicable")
 STATUSES = ("eligible", "needs_review", "ineligible")
@@ -226,6 +226,7 @@ class ChunkResult:
 
 
 def matrix_schema(plans: Sequence[tuple[str, Sequence[Criterion]]]) -> pa.Schema:
+    import pyarrow as pa
     fields = [pa.field("patient_id", pa.string()), pa.field("source", pa.string()),
               pa.field("input", pa.int32()), pa.field("record", pa.int64())]
     for tid, crits in plans:
@@ -256,6 +257,9 @@ class _Worker:
                                      for tid in self.ids])
 
     def screen(self, chunk: Chunk) -> ChunkResult:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
         clock = time.perf_counter
         secs = dict.fromkeys(("parse", "prepare", "fill", "engine", "verdicts", "encode"), 0.0)
         errors: list[dict[str, Any]] = []
@@ -957,6 +961,9 @@ def _fav_values(kind: str) -> list[str]:
 def read_matrix(out: Path, fmt: str, columns: Sequence[str] | None = None,
                 slice_rows: int = SUMMARY_SLICE) -> Iterator[pa.Table]:
     """The stored matrix in part order, as tables of about `slice_rows` rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
     suffix = _part_suffix(fmt)
     buf: list[pa.Table] = []
     rows = 0
@@ -1006,6 +1013,8 @@ class _TrialTally:
         self.pending_attestation_only = 0
 
     def add(self, t: pa.Table) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         tid = self.tid
         st = t[status_column(tid)]
         ok = pc.fill_null(pc.not_equal(st, "error"), False)
@@ -1090,6 +1099,7 @@ class _TrialTally:
 
 
 def _count(mask: Any) -> int:
+    import pyarrow.compute as pc
     s = pc.sum(pc.fill_null(mask, False)).as_py()
     return int(s or 0)
 
