@@ -283,7 +283,8 @@ class _Worker:
                 stage = "fill"
                 # every trial's facts now, so that a record failing in fill is one bad record
                 # (not a failed chunk) and keeps no half-filled row
-                filled = [fill(prep, trial) for _, trial in trials]
+                # the matrix keeps verdicts and missing elements, not evidence text
+                filled = [fill(prep, trial, detail=False) for _, trial in trials]
             except PatientDataError as e:
                 errors.append({"kind": "record", **base, "code": e.type, "reason": str(e)})
                 t0 = clock()

@@ -577,11 +577,17 @@ def _within(day: date, as_of: date, days: int | None) -> bool:
     return days is None or (as_of - day).days <= days
 
 
-def fill(prep: Prepared, trial: Trial) -> Facts:
+def fill(prep: Prepared, trial: Trial, detail: bool = True) -> Facts:
+    """Engine values for every slot the trial reads, with evidence per slot.
+
+    `detail=False` (the batch path) leaves out the display parts of the evidence (values,
+    dates, sources, ratios): only `element` and, for unknown slots, `missing` are kept.
+    """
     facts = Facts({}, {})
     site_uln = dict(trial.site_uln)
     for slot in slots_of(trial):
-        ck = (slot.key, trial.review_max_age_days, trial.site_uln if slot.mode == "uln" else ())
+        ck = (slot.key, trial.review_max_age_days,
+              trial.site_uln if slot.mode == "uln" else (), detail)
         hit = prep.filled.get(ck)
         if hit is not None:
             if hit[0] is not None:
@@ -593,7 +599,7 @@ def fill(prep: Prepared, trial: Trial) -> Facts:
             ev["window_days"] = slot.within_days
         value: int | str | None
         if slot.mode == "present":
-            value = _present(prep, slot, trial.review_max_age_days, ev)
+            value = _present(prep, slot, trial.review_max_age_days, ev, detail)
         elif slot.mode == "days":
             value = _days(prep, slot, trial.review_max_age_days, ev)
         elif slot.element == ("age",):
@@ -605,7 +611,7 @@ def fill(prep: Prepared, trial: Trial) -> Facts:
             else:
                 ev["value"] = value
         else:
-            value = _reading(prep, slot, site_uln, ev)
+            value = _reading(prep, slot, site_uln, ev, detail)
         if value is not None:
             facts.values[slot.key] = value
         facts.evidence[slot.key] = ev
@@ -627,7 +633,7 @@ def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
 
 
 def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
-             ev: dict[str, Any]) -> int | str | None:
+             ev: dict[str, Any], detail: bool = True) -> int | str | None:
     name = slot.element[0]
     if name in prep.suspect:
         ev["missing"] = "; ".join(prep.suspect[name])
@@ -655,7 +661,9 @@ def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
         ev["missing"] = (f"conflicting {name} results at {newest.stamp}: "
                          + ", ".join(sorted({r.shown for r in same})))
         return None
-    ev.update({"value": newest.shown, "date": newest.day.isoformat(), "source": newest.source})
+    if detail:
+        ev.update({"value": newest.shown, "date": newest.day.isoformat(),
+                   "source": newest.source})
     if slot.mode == "uln":
         uln = newest.uln
         if uln is None and name in site_uln:
@@ -666,8 +674,9 @@ def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
             return None
         assert isinstance(newest.value, Fraction)
         ratio = newest.value / uln
-        ev["uln"] = f"{_fmt(uln)} {ELEMENTS[name].unit}"
-        ev["ratio"] = _fmt(ratio)
+        if detail:
+            ev["uln"] = f"{_fmt(uln)} {ELEMENTS[name].unit}"
+            ev["ratio"] = _fmt(ratio)
         return encode_number(ratio)
     if isinstance(newest.value, Fraction):
         return encode_number(newest.value)
@@ -678,7 +687,8 @@ def _fresh(d: date, prep: Prepared, max_age: int) -> bool:
     return (prep.as_of - d).days <= max_age
 
 
-def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> str | None:
+def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
+             detail: bool = True) -> str | None:
     as_of, win = prep.as_of, slot.within_days
     start = days_before(as_of, win) if win is not None else None
     hits: list[CondRecord] = []
@@ -717,10 +727,11 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> st
             else:
                 doubts.append(f"{name} ({r.source}) began {r.onset}; status unknown")
     if hits:
-        first = sorted(hits, key=lambda r: (r.onset or date.min, r.loc), reverse=True)[0]
-        ev.update({"value": "present", "source": first.source})
-        if first.onset:
-            ev["date"] = first.onset.isoformat()
+        if detail:
+            first = max(hits, key=lambda r: (r.onset or date.min, r.loc))
+            ev.update({"value": "present", "source": first.source})
+            if first.onset:
+                ev["date"] = first.onset.isoformat()
         return "true"
     if doubts:
         ev["missing"] = "; ".join(sorted(doubts))
