@@ -32,7 +32,7 @@ from typing import Any
 
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
-from screener.report import dumps
+from screener.report import describe, dumps
 from screener.screen import Screener
 
 from .errors import invalid
@@ -147,26 +147,7 @@ def _cell(text: Any, limit: int = 160) -> str:
 
 
 def _evidence(c: dict[str, Any]) -> str:
-    if c["verdict"] == "unknown":
-        return "missing: " + "; ".join(m["reason"] for m in c.get("missing", []))
-    if "attested" in c:
-        return f"attested {c['attested']}"
-    parts = []
-    for e in c["evidence"]:
-        if "missing" in e:
-            continue
-        s = f"{e['element']} = {e.get('value')}"
-        if "ratio" in e:
-            s += f" ({e['ratio']} x ULN {e['uln']})"
-        if "date" in e:
-            s += f" on {e['date']}"
-        parts.append(s)
-    text = ", ".join(parts)
-    if c["verdict"] == "not_applicable":
-        text = "does not apply: " + text
-    if "policy" in c:
-        text += f" [policy: {c['policy']['reason']}]"
-    return text
+    return describe(c, eq=" = ", on="on ")
 
 
 _VERDICT = {"met": "met", "not_met": "not met", "unknown": "**unknown**",

@@ -189,6 +189,32 @@ def dumps(report: Any) -> str:
                       separators=(",", ":"))
 
 
+def describe(c: Mapping[str, Any], eq: str = "=", on: str = "@") -> str:
+    """One line for a criterion's verdict: what is missing, the attestation, or the evidence
+    (values, x ULN ratios, dates), plus the missing-data policy if one decided it."""
+    if c["verdict"] == "unknown":
+        text = "missing: " + "; ".join(m["reason"] for m in c.get("missing", []))
+    elif c.get("attested"):
+        text = f"attested {c['attested']}"
+    else:
+        parts = []
+        for e in c["evidence"]:
+            if "missing" in e:
+                continue
+            s = f"{e['element']}{eq}{e.get('value')}"
+            if "ratio" in e:
+                s += f" ({e['ratio']} x ULN {e['uln']})"
+            if "date" in e:
+                s += f" {on}{e['date']}"
+            parts.append(s)
+        text = ", ".join(parts)
+        if c["verdict"] == "not_applicable":
+            text = "does not apply: " + text
+    if "policy" in c:
+        text += f" [policy: {c['policy']['reason']}]"
+    return text
+
+
 def table(report: Mapping[str, Any], width: int = 100) -> str:
     t = report["trial"]
     lines = [f"{t['id']} v{t['version']}  as_of {report['as_of']}  status: "
@@ -196,26 +222,7 @@ def table(report: Mapping[str, Any], width: int = 100) -> str:
              f"ruleset {t['ruleset_hash'][:23]}  engine {report['engine']}", ""]
     rows = [("criterion", "kind", "verdict", "evidence / what is missing")]
     for c in report["criteria"]:
-        if c["verdict"] == "unknown":
-            detail = "missing: " + "; ".join(m["reason"] for m in c.get("missing", []))
-        elif c.get("attested"):
-            detail = f"attested {c['attested']}"
-        else:
-            parts = []
-            for e in c["evidence"]:
-                if "missing" in e:
-                    continue
-                s = f"{e['element']}={e.get('value')}"
-                if "ratio" in e:
-                    s += f" ({e['ratio']} x ULN {e['uln']})"
-                if "date" in e:
-                    s += f" @{e['date']}"
-                parts.append(s)
-            detail = ", ".join(parts)
-            if c["verdict"] == "not_applicable":
-                detail = "does not apply: " + detail
-        if "policy" in c:
-            detail += f" [policy: {c['policy']['reason']}]"
+        detail = describe(c)
         mark = "" if c["favourable"] else ("?" if c["verdict"] == "unknown" else "x")
         rows.append((c["id"], c["kind"][:3], f"{c['verdict']}{' ' + mark if mark else ''}",
                      detail))
