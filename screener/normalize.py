@@ -507,16 +507,9 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     ver = item.get("verification_status")
     if isinstance(ver, str) and ver in _NEVER:
         return
-    onset = None
-    if item.get("onset") is not None:
-        onset, _ = parse_date(item.get("onset"))
-        if onset is None:
-            # kept without an onset (so the criterion becomes unknown), never dropped
-            prep.issue(f"{loc}.onset", "date", f"unusable onset {item.get('onset')!r}", name)
-        elif onset > prep.as_of:
-            prep.issue(f"{loc}.onset", "after_as_of", f"onset {onset} is after as_of: not used",
-                       name)
-            return
+    onset, later = _event_day(prep, item, "onset", loc, name)
+    if later:
+        return
     abatement = None
     if item.get("abatement") is not None:
         d, _ = parse_date(item.get("abatement"))
@@ -531,21 +524,33 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         doubtful, source, loc))
 
 
+def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
+               name: str) -> tuple[date | None, bool]:
+    """(date, after as_of) of an event's onset or start. An unusable date is None with an
+    issue: the record is kept without it (its criteria become unknown), never dropped."""
+    raw = item.get(key)
+    if raw is None:
+        return None, False
+    day, _ = parse_date(raw)
+    if day is None:
+        prep.issue(f"{loc}.{key}", "date", f"unusable {key} {raw!r}", name)
+        return None, False
+    if day > prep.as_of:
+        prep.issue(f"{loc}.{key}", "after_as_of", f"{key} {day} is after as_of: not used", name)
+        return day, True
+    return day, False
+
+
 def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = item.get("element")
     if not isinstance(name, str) or name not in ELEMENTS or ELEMENTS[name].kind != "exposure":
         _unknown_name(prep, item, loc, "exposure")
         return
     source = str(item.get("source") or loc)
-    start = end = None
-    if item.get("start") is not None:
-        start, _ = parse_date(item.get("start"))
-        if start is None:
-            prep.issue(f"{loc}.start", "date", f"unusable start {item.get('start')!r}", name)
-        elif start > prep.as_of:
-            prep.issue(f"{loc}.start", "after_as_of", f"starts {start}, after as_of: not used",
-                       name)
-            return
+    end = None
+    start, later = _event_day(prep, item, "start", loc, name)
+    if later:
+        return
     if item.get("end") is not None:
         d, _ = parse_date(item.get("end"))
         if d is None:
