@@ -3,7 +3,7 @@
     python bench/engine.py [--n 3000] [--record]
 
 Patients are generated deterministically (a mix of complete, sparse and out-of-range records).
-Three timings per trial, interleaved so machine noise hits all alike:
+Three timings per trial, alternating in blocks so machine noise hits all alike:
 
 * `screen`     the whole single-patient path the API uses: prepare + fill + engine + report;
 * `engine`     only the engine call for one patient (facts already filled): Rete vs reference;
@@ -16,6 +16,7 @@ figures, with date and machine, to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import random
@@ -102,12 +103,27 @@ def main() -> None:
             ref.screen(tid, p, AS_OF)
         t: dict[str, list[float]] = {k: [] for k in
                                      ("screen_rete", "screen_ref", "engine_rete", "engine_ref")}
-        # each lambda is called at once, inside its own iteration (B023 does not apply)
-        for p, f in zip(pts, facts, strict=True):
-            t["screen_rete"].append(timed(lambda: rete.screen(tid, p, AS_OF)))  # noqa: B023
-            t["screen_ref"].append(timed(lambda: ref.screen(tid, p, AS_OF)))  # noqa: B023
-            t["engine_rete"].append(timed(lambda: rete.fired(crete, f)))  # noqa: B023
-            t["engine_ref"].append(timed(lambda: ref.fired(cref, f)))  # noqa: B023
+        # paths alternate in blocks of 100 patients: machine noise hits all paths alike,
+        # while each path runs warm (timing the four paths patient by patient measured each
+        # one with the caches the others had just filled)
+        # (the lambdas run inside this iteration: B023 does not apply)
+        paths: dict[str, Callable[[int], Any]] = {
+            "screen_rete": lambda i: rete.screen(tid, pts[i], AS_OF),  # noqa: B023
+            "screen_ref": lambda i: ref.screen(tid, pts[i], AS_OF),  # noqa: B023
+            "engine_rete": lambda i: rete.fired(crete, facts[i]),  # noqa: B023
+            "engine_ref": lambda i: ref.fired(cref, facts[i]),  # noqa: B023
+        }
+        for start in range(0, len(pts), 100):
+            block = range(start, min(start + 100, len(pts)))
+            for name, fn in paths.items():
+                # as timeit does: no garbage collection inside a timed block, so one path
+                # does not pay for the garbage another left
+                gc.collect()
+                gc.disable()
+                try:
+                    t[name] += [timed(lambda: fn(i)) for i in block]  # noqa: B023
+                finally:
+                    gc.enable()
         chunks = [facts[i:i + 256] for i in range(0, len(facts), 256)]
         tb_rete = sum(timed(lambda: rete.fired_many(tid, c)) for c in chunks) / len(facts)  # noqa: B023
         tb_ref = sum(timed(lambda: ref.fired_many(tid, c)) for c in chunks) / len(facts)  # noqa: B023
