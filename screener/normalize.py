@@ -278,26 +278,30 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
                        "sex")
 
 
-def _element_of(item: Mapping[str, Any]) -> str | None:
-    el = item.get("element")
-    if isinstance(el, str):
-        return el if el in ELEMENTS else None
+def _codings(item: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(system, code) pairs of an entry's `codes` (or single `code`); malformed ones dropped."""
     codes = item.get("codes")
     if codes is None and "code" in item:
         codes = [item["code"]]
     if not isinstance(codes, list):
-        return None
-    for c in codes:
-        if isinstance(c, dict) and isinstance(c.get("code"), str):
-            system = c.get("system")
-            if system == LOINC and c["code"] in _LOINC:
-                return _LOINC[c["code"]]
-            if system == PROJECT and c["code"] in ELEMENTS:
-                return str(c["code"])
-            if isinstance(system, str):
-                cond = condition_for(system, c["code"])
-                if cond:
-                    return cond
+        return []
+    return [(c["system"], c["code"]) for c in codes
+            if isinstance(c, dict) and isinstance(c.get("system"), str)
+            and isinstance(c.get("code"), str)]
+
+
+def _element_of(item: Mapping[str, Any]) -> str | None:
+    el = item.get("element")
+    if isinstance(el, str):
+        return el if el in ELEMENTS else None
+    for system, code in _codings(item):
+        if system == LOINC and code in _LOINC:
+            return _LOINC[code]
+        if system == PROJECT and code in ELEMENTS:
+            return code
+        cond = condition_for(system, code)
+        if cond:
+            return cond
     return None
 
 
@@ -372,17 +376,10 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
 
 
 def _broader_of(item: Mapping[str, Any]) -> str | None:
-    codes = item.get("codes")
-    if codes is None and "code" in item:
-        codes = [item["code"]]
-    if not isinstance(codes, list):
-        return None
-    for c in codes:
-        if isinstance(c, dict) and isinstance(c.get("code"), str) and \
-                isinstance(c.get("system"), str):
-            name = condition_broader(c["system"], c["code"])
-            if name:
-                return name
+    for system, code in _codings(item):
+        name = condition_broader(system, code)
+        if name:
+            return name
     return None
 
 
