@@ -1,7 +1,7 @@
 """Property: the Rete path and the reference evaluator fire exactly the same rules.
 
 Random criteria (all / any / not over numeric, coded, set, range and condition leaves) are
-compiled and registered in durable_rules; random patients (slots present, absent, or at the
+compiled and registered in durable_rules; random patients (slots present, absent, null, or at the
 thresholds) go through both. Each hypothesis example carries 5 criteria and 25 patients, and
 500 examples run: 12,500 (criteria, patient) cases per run, through both the one-fact path and
 the many-facts-per-session batch path.
@@ -62,15 +62,19 @@ def trials(draw: Any) -> Trial:
 
 
 def patient(rnd: random.Random) -> dict[str, Any]:
-    """One patient: each slot absent (about 1 in 4) or drawn from values near the thresholds.
+    """One patient: each slot absent (1 in 5), null (1 in 10) or drawn from values near the
+    thresholds.
     Plain `random` seeded by hypothesis: hypothesis shrinks the seed, and drawing 12,500
     patients through strategies would dominate the run time."""
     facts: dict[str, Any] = {}
     for slots, pool in ((NUM_SLOTS, NUMS), (COD_SLOTS, CODES + ["zz"]),
                         (PRESENT_SLOTS, ["true", "false"])):
         for s in slots:
-            if rnd.random() < 0.75:
+            r = rnd.random()
+            if r < 0.7:
                 facts[s.key] = rnd.choice(pool)
+            elif r < 0.8:
+                facts[s.key] = None  # a null field: unknown, like an absent one
     return facts
 
 
