@@ -176,6 +176,8 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             icd10=("I824", "I825")),
     Element("pulmonary_embolism", "condition", "pulmonary embolism", snomed=("59282003",),
             icd10=("I26",)),
+    # "Symptomatic" DVT/PE is not coded with the diagnosis; this records the clinician's word
+    Element("vte_symptomatic", "boolean", "the recorded DVT / PE was symptomatic"),
     Element("high_risk_cv_procedure", "condition",
             "coronary angioplasty, defibrillation or other high-risk cardiovascular procedure"),
     Element("respiratory_insufficiency", "condition", "severe respiratory insufficiency",
