@@ -276,7 +276,7 @@ def test_the_tutorial_criterion_checks_and_its_examples_pass(tmp_path: Path) -> 
     code, out, _ = run_cli("check", str(f))
     assert code == 0 and "0 error(s), 0 warning(s)" in out, out
     code, out, _ = run_cli("test", str(f))
-    assert code == 0 and out == "PASS: 5/5\n", out
+    assert code == 0 and out == "PASS: 6/6\n", out
 
 
 def test_docs_list_every_check_and_every_data_element() -> None:
