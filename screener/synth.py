@@ -287,6 +287,9 @@ def generate(n: int, seed: int, as_of: str) -> Iterator[Patient]:
             if r() < prob:
                 onset = int(r() * 180) if r() < 0.5 else 180 + int(r() * 3470)
                 conds.append(condition(name, onset, resolved))
+                if name in ("dvt", "pulmonary_embolism") and r() < 0.7:
+                    # the symptom status is charted for most, not all, thromboses
+                    obs.append(coded("vte_symptomatic", r() < 0.8, onset))
         if cns == "cns3" and r() < 0.7:
             conds.append(condition("cns_leukemia", max(dx_day - int(r() * 10), 0), 0.3))
         if results["hiv_ab"] == "positive" and r() < 0.8:
