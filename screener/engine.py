@@ -51,28 +51,32 @@ class EngineError(ScreenerError):
     pass
 
 
-def _fact_json(fact: dict[str, Any], index: int, names: dict[str, str] | None = None) -> str:
+def _fact_json(fact: dict[str, Any], index: int, names: dict[str, str] | None = None,
+               prefix: dict[str, str] | None = None) -> str:
     """One fact as JSON, with the session id, its index and the sentinel field.
 
-    Facts hold only slot keys and integer codes or short coded strings (the normalizer's
-    contract), so joining them directly is exact and several times faster than `json.dumps`.
-    The result is verified in C-speed string checks (quote count, no backslash, no control
-    character); any other value type or any string that would need escaping takes
+    `names` maps slot keys to the registered short names and `prefix` each slot key to its
+    `"<short name>":`; keys not in them are dropped (no rule tests them). Facts hold only slot
+    keys and integer codes or short coded strings (the normalizer's contract), so joining them
+    directly is exact and several times faster than `json.dumps`. The result is verified in C-speed string checks (quote count, no backslash,
+    no control character); any other value type or any string that would need escaping takes
     `json.dumps` instead, and the engine rejects what it cannot represent.
     """
-    if names:
-        # properties no rule tests are dropped: they could only cost parsing time
-        fact = {names[k]: v for k, v in fact.items() if k in names}
+    if prefix is None:
+        prefix = {k: f'"{names[k]}":' for k in names} if names else {k: f'"{k}":' for k in fact}
     head = f'{{"sid":"{_SID}","id":"{index}","{SENTINEL_FIELD}":1'
     parts = [head]
     quotes = head.count('"')
     for k, v in fact.items():
+        pre = prefix.get(k)
+        if pre is None:
+            continue
         tv = type(v)
         if tv is int:
-            parts.append(f'"{k}":{v}')
+            parts.append(pre + str(v))
             quotes += 2
         elif tv is str:
-            parts.append(f'"{k}":"{v}"')
+            parts.append(pre + '"' + v + '"')
             quotes += 4
         else:
             break
@@ -80,7 +84,8 @@ def _fact_json(fact: dict[str, Any], index: int, names: dict[str, str] | None = 
         text = ",".join(parts) + "}"
         if text.count('"') == quotes and "\\" not in text and text.isprintable():
             return text
-    full = {"sid": _SID, "id": str(index), SENTINEL_FIELD: 1, **fact}
+    renamed = {names[k]: v for k, v in fact.items() if k in names} if names else fact
+    full = {"sid": _SID, "id": str(index), SENTINEL_FIELD: 1, **renamed}
     return json.dumps(full, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -161,6 +166,7 @@ class Ruleset:
         self._short = {p: f"f{i}" for i, p in enumerate(props)}
         if not _hash_distinct(list(self._short.values())):  # pragma: no cover - f-names differ
             self._short = {p: p for p in props}
+        self._prefix = {k: f'"{short}":' for k, short in self._short.items()}
         full = {r: _rename(rule, self._short) for r, rule in definition.items()}
         full[SENTINEL_RULE] = {"all": [{"m": {"$eq": {SENTINEL_FIELD: 1}}}]}
         with _lock:
@@ -204,7 +210,7 @@ class Ruleset:
                 raise EngineError(f"ruleset {self.name} is closed")
             base = self._next_id
             self._next_id += len(facts)
-            payload = "[" + ",".join(_fact_json(f, base + i, self._short)
+            payload = "[" + ",".join(_fact_json(f, base + i, self._short, self._prefix)
                                      for i, f in enumerate(facts)) + "]"
             clean = False
             try:
