@@ -58,9 +58,10 @@ def _fact_json(fact: dict[str, Any], index: int, names: dict[str, str] | None = 
     `names` maps slot keys to the registered short names and `prefix` each slot key to its
     `"<short name>":`; keys not in them are dropped (no rule tests them). Facts hold only slot
     keys and integer codes or short coded strings (the normalizer's contract), so joining them
-    directly is exact and several times faster than `json.dumps`. The result is verified in C-speed string checks (quote count, no backslash,
-    no control character); any other value type or any string that would need escaping takes
-    `json.dumps` instead, and the engine rejects what it cannot represent.
+    directly is exact and several times faster than `json.dumps`. The result is verified by
+    C-speed string checks (quote count, no backslash, no control character); any other value
+    type or any string that would need escaping takes `json.dumps` instead, and the engine
+    rejects what it cannot represent.
     """
     if prefix is None:
         prefix = {k: f'"{names[k]}":' for k in names} if names else {k: f'"{k}":' for k in fact}
