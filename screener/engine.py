@@ -34,6 +34,7 @@ from typing import Any
 
 import durable_rules_engine as _dre
 
+from .compile import djb2
 from .errors import ScreenerError
 
 ENGINE_VERSION = "durable_rules 2.0.28"
@@ -124,17 +125,10 @@ def _rename(x: Any, names: dict[str, str]) -> Any:
     return out
 
 
-def _djb2(s: str) -> int:
-    h = 5381
-    for b in s.encode():
-        h = (h * 33 + (b - 256 if b > 127 else b)) & 0xFFFFFFFF
-    return h
-
-
 def _hash_distinct(names: list[str]) -> bool:
     """durable_rules matches property names by a 32-bit djb2 hash only."""
     all_names = names + ["sid", "id", SENTINEL_FIELD]
-    return len({_djb2(n) for n in all_names}) == len(set(all_names))
+    return len({djb2(n) for n in all_names}) == len(set(all_names))
 
 
 def _collect(raw: str, out: list[set[str]], base: int) -> None:

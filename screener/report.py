@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .compile import rule_names
-from .errors import DataIssue, ScreenerError
+from .errors import DataIssue, ScreenerError, did_you_mean
 from .ir import Compare, Criterion, Node, Present, Trial, leaves
 
 MAX_ISSUES = 200
@@ -56,7 +56,6 @@ def normalise_attestations(trial: Trial, raw: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for cid, v in items:
         if not isinstance(cid, str) or cid not in by_id:
-            from .errors import did_you_mean
             hint = did_you_mean(str(cid), by_id)
             raise AttestationError(("attestations", str(cid)),
                                    f"unknown criterion {cid!r} for {trial.id}"
