@@ -52,42 +52,43 @@ class EngineError(ScreenerError):
     pass
 
 
-def _fact_json(fact: dict[str, Any], index: int, names: dict[str, str] | None = None,
-               prefix: dict[str, str] | None = None) -> str:
+def _fact_json(fact: dict[str, Any], index: int, prefix: dict[str, str] | None = None) -> str:
     """One fact as JSON, with the session id, its index and the sentinel field.
 
-    `names` maps slot keys to the registered short names and `prefix` each slot key to its
-    `"<short name>":`; keys not in them are dropped (no rule tests them). Facts hold only slot
-    keys and integer codes or short coded strings (the normalizer's contract), so joining them
-    directly is exact and several times faster than `json.dumps`. The result is verified by
-    C-speed string checks (quote count, no backslash, no control character); any other value
-    type or any string that would need escaping takes `json.dumps` instead, and the engine
-    rejects what it cannot represent.
+    `prefix` maps each slot key a rule tests to `"<registered short name>":`; keys not in it
+    are dropped (no rule tests them). Without `prefix`, every key is kept under its own name.
+    Facts hold only slot keys and integer codes or short coded strings (the normalizer's
+    contract), so joining them directly is exact and about three times faster than renaming
+    and `json.dumps`. The text is verified by C-speed string checks (quote count, no
+    backslash, no control character); any other value type, or any string that would need
+    escaping, takes `json.dumps` instead, and the engine rejects what it cannot represent.
     """
     if prefix is None:
-        prefix = {k: f'"{names[k]}":' for k in names} if names else {k: f'"{k}":' for k in fact}
-    head = f'{{"sid":"{_SID}","id":"{index}","{SENTINEL_FIELD}":1'
-    parts = [head]
-    quotes = head.count('"')
-    for k, v in fact.items():
-        pre = prefix.get(k)
-        if pre is None:
-            continue
-        tv = type(v)
-        if tv is int:
-            parts.append(pre + str(v))
-            quotes += 2
-        elif tv is str:
-            parts.append(pre + '"' + v + '"')
-            quotes += 4
-        else:
-            break
-    else:
+        prefix = {k: json.dumps(k) + ":" for k in fact}
+    parts = [f'{{"sid":"{_SID}","id":"{index}","{SENTINEL_FIELD}":1']
+    n_str = 0
+    try:
+        for k, v in fact.items():
+            pre = prefix.get(k)
+            if pre is None:
+                continue
+            if type(v) is int:
+                parts.append(pre + str(v))
+            else:
+                # a str concatenates; anything else (bool, float, None) raises TypeError
+                parts.append(pre + '"' + v + '"')
+                n_str += 1
         text = ",".join(parts) + "}"
-        if text.count('"') == quotes and "\\" not in text and text.isprintable():
+        # head: 10 quotes; each prefix 2; each string value 2 more
+        if text.count('"') == 8 + 2 * len(parts) + 2 * n_str and "\\" not in text \
+                and text.isprintable():
             return text
-    renamed = {names[k]: v for k, v in fact.items() if k in names} if names else fact
-    full = {"sid": _SID, "id": str(index), SENTINEL_FIELD: 1, **renamed}
+    except TypeError:
+        pass
+    full: dict[str, Any] = {"sid": _SID, "id": str(index), SENTINEL_FIELD: 1}
+    for k, v in fact.items():
+        if k in prefix:
+            full[json.loads(prefix[k][:-1])] = v
     return json.dumps(full, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -161,7 +162,7 @@ class Ruleset:
         self._short = {p: f"f{i}" for i, p in enumerate(props)}
         if not _hash_distinct(list(self._short.values())):  # pragma: no cover - f-names differ
             self._short = {p: p for p in props}
-        self._prefix = {k: f'"{short}":' for k, short in self._short.items()}
+        self._prefix = {k: json.dumps(short) + ":" for k, short in self._short.items()}
         full = {r: _rename(rule, self._short) for r, rule in definition.items()}
         full[SENTINEL_RULE] = {"all": [{"m": {"$eq": {SENTINEL_FIELD: 1}}}]}
         with _lock:
@@ -186,8 +187,40 @@ class Ruleset:
             pass
 
     def fired(self, fact: dict[str, Any]) -> set[str]:
-        """Names of the rules that fire for one fact."""
-        return self.fired_many([fact])[0]
+        """Names of the rules that fire for one fact (the API path).
+
+        The same protocol as `fired_many` for a single fact, written out because this is the
+        per-request hot path: every action drained here is this fact's (each call drains all
+        its actions, and a fact fires only its own rules), so only the rule name is read.
+        """
+        out: set[str] = set()
+        with _lock:
+            if self._closed:
+                raise EngineError(f"ruleset {self.name} is closed")
+            index = self._next_id
+            self._next_id += 1
+            handle = self._handle
+            clean = False
+            try:
+                try:
+                    result = _dre.assert_facts(handle, "[" + _fact_json(fact, index,
+                                                                        self._prefix) + "]")
+                except Exception as e:
+                    raise EngineError(f"durable_rules rejected the fact: {e}") from e
+                state_handle = result[1]
+                msg = _dre.start_action_for_state(handle, state_handle)
+                raw = msg[1] if msg else None
+                add, complete = out.add, _dre.complete_and_start_action
+                while raw:
+                    add(raw[2:raw.index('"', 2)])
+                    raw = complete(handle, state_handle)
+                self._in_session += 1
+                clean = True
+            finally:
+                if not clean or self._in_session >= SESSION_FACTS:
+                    self._delete()
+        out.discard(SENTINEL_RULE)
+        return out
 
     def fired_many(self, facts: Sequence[dict[str, Any]]) -> list[set[str]]:
         """Names of fired rules, per fact. Facts must not contain 'sid' or 'id'.
@@ -205,30 +238,21 @@ class Ruleset:
                 raise EngineError(f"ruleset {self.name} is closed")
             base = self._next_id
             self._next_id += len(facts)
-            payload = "[" + ",".join(_fact_json(f, base + i, self._short, self._prefix)
+            payload = "[" + ",".join(_fact_json(f, base + i, self._prefix)
                                      for i, f in enumerate(facts)) + "]"
             clean = False
             try:
                 try:
                     result = _dre.assert_facts(self._handle, payload)
                 except Exception as e:
-                    if len(facts) == 1:
-                        raise EngineError(f"durable_rules rejected the fact: {e}") from e
                     # isolate the bad fact: retry one by one in fresh sessions
                     self._delete()
                     return self._one_by_one(facts)
                 state_handle = result[1]
                 msg = _dre.start_action_for_state(self._handle, state_handle)
                 raw = msg[1] if msg else None
-                # one fact per call (the API path): every action drained here is this fact's
-                # (each call drains all its actions, and a fact fires only its own rules), so
-                # the rule name is all we read; the loop is inlined for speed
-                single = out[0] if len(out) == 1 else None
                 while raw:
-                    if single is not None:
-                        single.add(raw[2:raw.index('"', 2)])
-                    else:
-                        _collect(raw, out, base)
+                    _collect(raw, out, base)
                     raw = _dre.complete_and_start_action(self._handle, state_handle)
                 for names in out:
                     names.discard(SENTINEL_RULE)
@@ -243,7 +267,7 @@ class Ruleset:
         res: list[set[str]] = []
         for f in facts:
             try:
-                res.append(self.fired_many([f])[0])
+                res.append(self.fired(f))
             except EngineError:
                 res.append({"__rejected__"})
         return res

@@ -126,7 +126,7 @@ class Screener:
     def fired(self, comp: Compiled, facts: Mapping[str, Any]) -> set[str]:
         if comp.ruleset is None:
             return reference.fired(comp.trial, facts)
-        return comp.ruleset.fired(dict(facts))
+        return comp.ruleset.fired(facts if type(facts) is dict else dict(facts))
 
     def screen_prepared(self, trial_id: str, prep: Prepared, attestations: Any = None,
                         meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
