@@ -27,7 +27,7 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from .elements import (
     DEMOGRAPHIC,
@@ -68,8 +68,7 @@ _POSNEG_TO_DETECT = {"positive": "detected", "negative": "not_detected"}
 _DETECT_TO_POSNEG = {"detected": "positive", "not_detected": "negative"}
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     element: str
     value: Fraction | str
     stamp: str           # ISO date or date-time as given, for ordering ties
@@ -78,6 +77,13 @@ class Reading:
     shown: str           # value and unit as recorded
     source: str
     loc: str
+    #: engine code of `value` (numbers encoded, coded values as they are); None if a number is
+    #: too large to encode
+    code: int | str | None = None
+    #: engine code of value / uln, and both shown, when the result carries its own ULN
+    ratio: int | None = None
+    ratio_shown: str = ""
+    uln_shown: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,15 +157,37 @@ def _parse_date_text(raw: str) -> tuple[date | None, bool]:
 
 
 def parse_number(raw: Any) -> Fraction | None:
+    """A finite JSON number or decimal text -> exact Fraction; None for anything else
+    (booleans, NaN, infinities, text that is not a plain decimal)."""
+    t = type(raw)
+    if t is int:
+        return Fraction(raw)
+    if t is float:
+        return _float_number(repr(raw))
+    if t is str:
+        return _text_number(raw)
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        return Fraction(raw)
+        return Fraction(int(raw))
     if isinstance(raw, float):
-        if raw != raw or raw in (float("inf"), float("-inf")):
-            return None
-        return Fraction(Decimal(repr(raw)))
-    if isinstance(raw, str) and _DECIMAL.match(raw.strip()) and len(raw) <= 40:
+        return _float_number(repr(float(raw)))
+    if isinstance(raw, str):
+        return _text_number(str(raw))
+    return None
+
+
+@lru_cache(maxsize=16384)
+def _float_number(text: str) -> Fraction | None:
+    # the shortest repr names the decimal the sender meant (0.1, not 0.1000000000000000055...)
+    if text in ("nan", "inf", "-inf"):
+        return None
+    return Fraction(Decimal(text))
+
+
+@lru_cache(maxsize=16384)
+def _text_number(raw: str) -> Fraction | None:
+    if len(raw) <= 40 and _DECIMAL.match(raw.strip()):
         try:
             return Fraction(Decimal(raw.strip()))
         except InvalidOperation:
@@ -174,6 +202,7 @@ def _fmt(x: Fraction) -> str:
     return s
 
 
+@lru_cache(maxsize=4096)
 def days_before(d: date, days: int) -> date:
     """`d` minus `days`, clamped at the first representable date (an `as_of` near year 1
     must not crash the window arithmetic)."""
@@ -349,13 +378,16 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
                  "threshold")
         return
     value: Fraction | str | None
-    uln: Fraction | None = None
-    shown = ""
     if el.kind == "quantity":
-        value, uln, shown, problem = _quantity(prep, el, item, loc)
-        if value is None:
-            unusable(*problem)
+        q = _quantity(prep, el, item, loc)
+        if q.value is None:
+            code, msg, where = q.problem
+            unusable(code, msg, loc + where)
             return
+        prep.readings.setdefault(name, []).append(Reading(
+            name, q.value, stamp, day, q.uln, q.shown, source, loc, q.code, q.ratio,
+            q.ratio_shown, q.uln_shown))
+        return
     elif el.kind == "boolean":
         value = _boolean(raw)
         if value is None:
@@ -372,7 +404,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             return
         shown = value
     prep.readings.setdefault(name, []).append(
-        Reading(name, value, stamp, day, uln, shown, source, loc))
+        Reading(name, value, stamp, day, None, shown, source, loc, value))
 
 
 def _broader_of(item: Mapping[str, Any]) -> str | None:
@@ -403,43 +435,99 @@ def _short(x: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+def _key(x: Any) -> Any:
+    """A cache key that tells apart what equality does not (1, 1.0, True, "1"; 0.0 and -0.0
+    print differently), or `_UNCACHED` for values whose messages could differ."""
+    t = type(x)
+    if t is str or t is int or x is None:
+        return x
+    if t is float:
+        return ("float", repr(x))
+    return _UNCACHED
+
+
+_UNCACHED = object()
+#: (element, value, unit, has range, range high, range unit) -> _QuantityResult
+_QUANTITIES: dict[tuple[Any, ...], _QuantityResult] = {}
+_QUANTITIES_MAX = 200_000
+
+
+class _QuantityResult(NamedTuple):
+    value: Fraction | None     # canonical unit; None: unusable, see `problem`
+    uln: Fraction | None
+    shown: str
+    problem: tuple[str, str, str]   # (code, message, location suffix) when value is None
+    range_problem: str              # message when the reference range is unusable
+    code: int | None
+    ratio: int | None
+    ratio_shown: str
+    uln_shown: str
+
+
 def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
-              ) -> tuple[Fraction | None, Fraction | None, str, tuple[str, str, str]]:
-    """(value, ULN, shown, problem): value None means unusable, and problem says why as
-    (code, message, location)."""
+              ) -> _QuantityResult:
+    """A measured value in the element's canonical unit, with its ULN when it has one.
+
+    The work depends only on the element, value, unit and reference range, which registries
+    repeat endlessly: results are cached (exact keys, see `_key`; the cache is pure, so it
+    never changes an answer, and is emptied when large)."""
     raw = item.get("value")
+    unit_raw = item.get("unit")
+    rr = item.get("reference_range")
+    has_rr = bool(el.uln and isinstance(rr, dict) and rr.get("high") is not None)
+    high = rr.get("high") if has_rr else None
+    rr_unit = (rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw) if has_rr \
+        else None
+    key = (el.name, _key(raw), _key(unit_raw), has_rr, _key(high), _key(rr_unit))
+    if _UNCACHED in key:
+        res = _quantity_core(el, raw, unit_raw, has_rr, high, rr_unit)
+    else:
+        res = _QUANTITIES.get(key)
+        if res is None:
+            if len(_QUANTITIES) >= _QUANTITIES_MAX:
+                _QUANTITIES.clear()
+            res = _QUANTITIES[key] = _quantity_core(el, raw, unit_raw, has_rr, high, rr_unit)
+    if res.range_problem:
+        prep.issue(f"{loc}.reference_range", "reference_range", res.range_problem, el.name)
+    return res
+
+
+def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw: Any,
+                   rr_unit: Any) -> _QuantityResult:
+    def bad(code: str, msg: str, where: str) -> _QuantityResult:
+        return _QuantityResult(None, None, "", (code, msg, where), "", None, None, "", "")
+
     n = parse_number(raw)
     if n is None:
-        return None, None, "", ("value", f"{el.name} needs a finite number, got {raw!r}",
-                                f"{loc}.value")
-    unit_raw = item.get("unit")
+        return bad("value", f"{el.name} needs a finite number, got {raw!r}", ".value")
     unit = normalise_unit(unit_raw if isinstance(unit_raw, str) else None)
     factor = el.units.get(unit)
     if factor is None:
-        return None, None, "", ("unit", f"unknown unit {unit_raw!r} for {el.name} (accepted: "
-                                f"{', '.join(sorted(u for u in el.units if u))})", f"{loc}.unit")
+        return bad("unit", f"unknown unit {unit_raw!r} for {el.name} (accepted: "
+                   f"{', '.join(sorted(u for u in el.units if u))})", ".unit")
     value = n * factor if factor != 1 else n
     lo, hi = _BOUNDS[el.name]
     if lo is not None and hi is not None and not lo <= value <= hi:
-        return None, None, "", ("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is "
-                                f"outside the plausible range {lo}-{hi} {el.unit}",
-                                f"{loc}.value")
+        return bad("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is outside the "
+                   f"plausible range {lo}-{hi} {el.unit}", ".value")
     if el.integer and value.denominator != 1:
-        return None, None, "", ("value", f"{el.name} must be a whole number, got {raw!r}",
-                                f"{loc}.value")
+        return bad("value", f"{el.name} must be a whole number, got {raw!r}", ".value")
     uln = None
-    rr = item.get("reference_range")
-    if el.uln and isinstance(rr, dict) and rr.get("high") is not None:
-        high = parse_number(rr.get("high"))
-        rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
+    range_problem = ""
+    if has_rr:
+        high = parse_number(high_raw)
         rfactor = el.units.get(normalise_unit(rr_unit if isinstance(rr_unit, str) else None))
         if high is None or high <= 0 or rfactor is None:
-            prep.issue(f"{loc}.reference_range", "reference_range",
-                       f"unusable upper limit {rr.get('high')!r} {rr_unit or ''}", el.name)
+            range_problem = f"unusable upper limit {high_raw!r} {rr_unit or ''}"
         else:
             uln = high * rfactor
     shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
-    return value, uln, shown, ("", "", "")
+    ratio = ratio_shown = uln_shown = None
+    if uln is not None:
+        r = value / uln
+        ratio, ratio_shown, uln_shown = encode_number(r), _fmt(r), f"{_fmt(uln)} {el.unit}"
+    return _QuantityResult(value, uln, shown, ("", "", ""), range_problem,
+                           encode_number(value), ratio, ratio_shown or "", uln_shown or "")
 
 
 def _boolean(raw: Any) -> str | None:
@@ -585,40 +673,57 @@ def fill(prep: Prepared, trial: Trial, detail: bool = True) -> Facts:
     `detail=False` (the batch path) leaves out the display parts of the evidence (values,
     dates, sources, ratios): only `element` and, for unknown slots, `missing` are kept.
     """
-    facts = Facts({}, {})
-    site_uln = dict(trial.site_uln)
-    for slot in slots_of(trial):
-        ck = (slot.key, trial.review_max_age_days,
-              trial.site_uln if slot.mode == "uln" else (), detail)
-        hit = prep.filled.get(ck)
-        if hit is not None:
-            if hit[0] is not None:
-                facts.values[slot.key] = hit[0]
-            facts.evidence[slot.key] = hit[1]
-            continue
-        ev: dict[str, Any] = {"element": "+".join(slot.element)}
-        if slot.within_days is not None:
-            ev["window_days"] = slot.within_days
-        value: int | str | None
-        if slot.mode == "present":
-            value = _present(prep, slot, trial.review_max_age_days, ev, detail)
-        elif slot.mode == "days":
-            value = _days(prep, slot, trial.review_max_age_days, ev)
-        elif slot.element == ("age",):
-            value = _age(prep, ev)
-        elif slot.element == ("sex",):
-            value = prep.sex
-            if value is None:
-                ev["missing"] = "sex not recorded"
-            else:
-                ev["value"] = value
+    values: dict[str, int | str] = {}
+    evidence: dict[str, dict[str, Any]] = {}
+    filled = prep.filled
+    for slot, key, ck in _plan(trial, detail):
+        hit = filled.get(ck)
+        if hit is None:
+            hit = filled[ck] = _fill_slot(prep, trial, slot, detail)
+        if hit[0] is not None:
+            values[key] = hit[0]
+        evidence[key] = hit[1]
+    return Facts(values, evidence)
+
+
+_PLANS: dict[tuple[int, bool], tuple[Trial, list[tuple[Slot, str, tuple[Any, ...]]]]] = {}
+
+
+def _plan(trial: Trial, detail: bool) -> list[tuple[Slot, str, tuple[Any, ...]]]:
+    """(slot, key, cache key) per slot of the trial, computed once per trial object. The cache
+    key holds everything a slot's filling depends on besides the record, so trials screened
+    with the same record share filled slots."""
+    hit = _PLANS.get((id(trial), detail))
+    if hit is not None and hit[0] is trial:
+        return hit[1]
+    plan = [(slot, slot.key, (slot.key, trial.review_max_age_days,
+                              trial.site_uln if slot.mode == "uln" else (), detail))
+            for slot in slots_of(trial)]
+    _PLANS[(id(trial), detail)] = (trial, plan)
+    return plan
+
+
+def _fill_slot(prep: Prepared, trial: Trial, slot: Slot, detail: bool
+               ) -> tuple[int | str | None, dict[str, Any]]:
+    ev: dict[str, Any] = {"element": "+".join(slot.element)}
+    if slot.within_days is not None:
+        ev["window_days"] = slot.within_days
+    value: int | str | None
+    if slot.mode == "present":
+        value = _present(prep, slot, trial.review_max_age_days, ev, detail)
+    elif slot.mode == "days":
+        value = _days(prep, slot, trial.review_max_age_days, ev)
+    elif slot.element == ("age",):
+        value = _age(prep, ev)
+    elif slot.element == ("sex",):
+        value = prep.sex
+        if value is None:
+            ev["missing"] = "sex not recorded"
         else:
-            value = _reading(prep, slot, site_uln, ev, detail)
-        if value is not None:
-            facts.values[slot.key] = value
-        facts.evidence[slot.key] = ev
-        prep.filled[ck] = (value, ev)
-    return facts
+            ev["value"] = value
+    else:
+        value = _reading(prep, slot, trial.site_uln, ev, detail)
+    return value, ev
 
 
 def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
@@ -634,55 +739,67 @@ def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
     return encode_number(Fraction(lo))
 
 
-def _reading(prep: Prepared, slot: Slot, site_uln: dict[str, Fraction],
+def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], ...],
              ev: dict[str, Any], detail: bool = True) -> int | str | None:
     name = slot.element[0]
     if name in prep.suspect:
         ev["missing"] = "; ".join(prep.suspect[name])
         return None
-    readings = prep.readings.get(name, [])
-    usable = [r for r in readings if _within(r.day, prep.as_of, slot.within_days)]
+    readings = prep.readings.get(name, ())
+    win = slot.within_days
+    if win is None:
+        usable = readings
+    else:
+        start = days_before(prep.as_of, win)
+        usable = readings if not readings or readings[-1].day >= start else \
+            [r for r in readings if r.day >= start]
     newest_stamp = usable[0].stamp if usable else ""
-    for day, stamp, why, loc in prep.unusable.get(name, []):
+    for day, stamp, why, loc in prep.unusable.get(name, ()):
         # an unusable result as new as the newest usable one (or undated) hides it
-        if day is None or (_within(day, prep.as_of, slot.within_days) and stamp >= newest_stamp):
+        if day is None or (_within(day, prep.as_of, win) and stamp >= newest_stamp):
             when = f"of {stamp}" if day is not None else "without a date"
             ev["missing"] = f"{name} result {when} ({loc}) is unusable: {why}"
             return None
     if not usable:
         if readings:
             ev["missing"] = (f"newest {name} is from {readings[0].day}, older than "
-                             f"{slot.within_days} days before as_of")
+                             f"{win} days before as_of")
             ev["stale"] = {"date": readings[0].day.isoformat(), "source": readings[0].source}
         else:
             ev["missing"] = f"no {name} result"
         return None
     newest = usable[0]
-    same = [r for r in usable if r.stamp == newest.stamp]
-    if len({(r.value, r.uln) for r in same}) > 1:
-        ev["missing"] = (f"conflicting {name} results at {newest.stamp}: "
-                         + ", ".join(sorted({r.shown for r in same})))
-        return None
-    if detail:
-        ev.update({"value": newest.shown, "date": newest.day.isoformat(),
-                   "source": newest.source})
-    if slot.mode == "uln":
-        uln = newest.uln
-        if uln is None and name in site_uln:
-            uln = site_uln[name]
-            ev["uln_source"] = "site default"
-        if uln is None:
-            ev["missing"] = (f"{name} result of {newest.day} has no reference range upper limit")
+    if len(usable) > 1 and usable[1].stamp == newest.stamp:
+        same = [r for r in usable if r.stamp == newest.stamp]
+        if len({(r.value, r.uln) for r in same}) > 1:
+            ev["missing"] = (f"conflicting {name} results at {newest.stamp}: "
+                             + ", ".join(sorted({r.shown for r in same})))
             return None
-        assert isinstance(newest.value, Fraction)
-        ratio = newest.value / uln
+    if detail:
+        ev["value"] = newest.shown
+        ev["date"] = newest.day.isoformat()
+        ev["source"] = newest.source
+    if slot.mode == "uln":
+        code, ratio_shown, uln_shown = newest.ratio, newest.ratio_shown, newest.uln_shown
+        if newest.uln is None:
+            uln = dict(site_uln).get(name)
+            if uln is None:
+                ev["missing"] = f"{name} result of {newest.day} has no reference range upper limit"
+                return None
+            ev["uln_source"] = "site default"
+            assert isinstance(newest.value, Fraction)
+            ratio = newest.value / uln
+            code, ratio_shown = encode_number(ratio), _fmt(ratio)
+            uln_shown = f"{_fmt(uln)} {ELEMENTS[name].unit}"
         if detail:
-            ev["uln"] = f"{_fmt(uln)} {ELEMENTS[name].unit}"
-            ev["ratio"] = _fmt(ratio)
-        return encode_number(ratio)
-    if isinstance(newest.value, Fraction):
-        return encode_number(newest.value)
-    return newest.value
+            ev["uln"] = uln_shown
+            ev["ratio"] = ratio_shown
+        if code is None:
+            ev["missing"] = f"{name} ratio to ULN {ratio_shown} is outside the representable range"
+        return code
+    if newest.code is None:
+        ev["missing"] = f"{name} value {newest.shown} is outside the representable range"
+    return newest.code
 
 
 def _fresh(d: date, prep: Prepared, max_age: int) -> bool:

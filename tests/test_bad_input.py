@@ -227,3 +227,33 @@ def test_cli_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
     code, out, err = run_cli("synth", "3", "--seed", "1", "--as-of", "2026-11-22",
                              "--out", str(blocker / "sub" / "r.ndjson"))
     assert code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_quantity_cache_never_changes_an_answer(screener: Screener) -> None:
+    """Normalised quantities are cached by exact keys: values equal in Python but different in
+    meaning or print (1 / 1.0 / True, 0.0 / -0.0, "40" / 40) must not share an entry, and the
+    report must not depend on what was screened before (byte-identical either order)."""
+    def alt(value: Any, high: Any = 40) -> dict[str, Any]:
+        return {"observations": [{**ALT, "value": value, "reference_range": {"high": high}}]}
+
+    variants = [alt(True), alt(1), alt(1.0), alt("1"), alt(0.0), alt(-0.0), alt(40, "40"),
+                alt(40, 40.0), alt(40, True)]
+    first = [json.dumps(screener.screen(T, p, AS_OF), sort_keys=True) for p in variants]
+    again = [json.dumps(screener.screen(T, p, AS_OF), sort_keys=True)
+             for p in reversed(variants)][::-1]
+    assert first == again
+    by = [verdicts(screener, p)["_report"] for p in variants]
+    codes = [{i["code"] for i in r["data_issues"]} for r in by]
+    assert "value" in codes[0]                      # True is not a number
+    assert not codes[1] and not codes[2] and not codes[3]
+    assert "reference_range" in codes[8]            # high: true is not a limit
+    shown = [next(e for c in r["criteria"] if c["id"] == "inc_liver_transaminases"
+                  for e in c["evidence"] if e["element"] == "alt").get("value") for r in by[4:6]]
+    assert shown == ["0 U/L", "0 U/L"]
+
+
+def test_ratio_beyond_representable_range_is_unknown_with_reason(screener: Screener) -> None:
+    p = {"observations": [{**ALT, "value": 500, "reference_range": {"high": "0.0000000001"}}]}
+    c = verdicts(screener, p)["inc_liver_transaminases"]
+    assert c["verdict"] == "unknown"
+    assert "representable" in json.dumps(c)
