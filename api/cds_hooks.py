@@ -32,7 +32,7 @@ from typing import Any
 
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
-from screener.report import describe, dumps
+from screener.report import describe, dumps_bytes
 from screener.screen import Screener
 
 from .errors import invalid
@@ -256,6 +256,6 @@ def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> di
         full = dict(r)
         if canon.issues:
             full["adapter_issues"] = canon.issues
-        token = store.put(dumps(full).encode())
+        token = store.put(dumps_bytes(full))
         cards.append(report_card(r, f"{base_url}/reports/{token}", not_prefetched))
     return {"cards": cards}

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from screener.errors import PatientDataError, UnknownTrial, did_you_mean
-from screener.report import AttestationError, dumps, normalise_attestations
+from screener.report import AttestationError, dumps_bytes, normalise_attestations
 
 from .decisions import DecisionLog
 from .errors import ApiError, from_attestation_error, from_patient_error, invalid, unknown_trial
@@ -139,7 +139,7 @@ def screen_one(ctx: Context, trial_id: str, req: ScreenRequest) -> bytes:
     if canon.issues:  # as the CLI does: the key is there only when there is something to say
         report["adapter_issues"] = canon.issues
     record_decisions(ctx, [report], "api", canon.format, time.perf_counter() - t0)
-    return dumps(report).encode()
+    return dumps_bytes(report)
 
 
 def check_attestations_by_trial(ctx_screener: Any, raw: Mapping[str, Any] | None) -> None:
@@ -187,7 +187,7 @@ def screen_all(ctx: Context, req: ScreenAllRequest) -> bytes:
     }
     if canon.issues:
         body["adapter_issues"] = canon.issues
-    return dumps(body).encode()
+    return dumps_bytes(body)
 
 
 def raise_if_unknown(holder: ScreenerHolder, trial_id: str) -> None:

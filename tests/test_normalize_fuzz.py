@@ -7,6 +7,7 @@ types) so that the deep paths are reached, not only the top-level type check.
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from screener.errors import PatientDataError
+from screener.report import dumps_bytes
 from screener.screen import Screener
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
@@ -65,3 +67,7 @@ def test_no_crash_on_arbitrary_patients(screener: Screener, p: Any) -> None:
         except PatientDataError:
             continue
         assert r["status"] in ("eligible", "ineligible", "needs_review")
+        # the fast serialiser writes exactly what the standard library would, whatever the
+        # record held (reports carry no floats: values are shown as text)
+        assert dumps_bytes(r) == json.dumps(r, sort_keys=True, ensure_ascii=False,
+                                            allow_nan=False, separators=(",", ":")).encode()
