@@ -2,7 +2,7 @@
 report bytes, decision log and metrics.
 
 Position: `api/` edge, called by `app` and `cds_hooks`. Every function here that screens is
-synchronous and must run in a worker thread (FastAPI runs `def` endpoints in its threadpool):
+synchronous and must run off the event loop (the routes use the screening thread, `executor`):
 durable_rules holds the GIL in C and is serialised by a lock inside `screener.engine`, so running
 it on the event loop would stall every other connection of the process.
 """
