@@ -50,6 +50,7 @@ from .errors import (
     rule_records,
     validation_exception_handler,
 )
+from .executor import ScreeningThread
 from .metrics import Metrics
 from .middleware import PUBLIC_GET, PUBLIC_PATHS, PUBLIC_PREFIXES, ServiceMiddleware
 from .models import (
@@ -69,7 +70,6 @@ from .models import (
     TrialList,
 )
 from .reports import ReportStore
-from .executor import ScreeningThread
 from .service import JSON, Context, StrictJSONRoute, screen_all, screen_one
 from .settings import Settings
 from .state import ScreenerHolder, hashes

@@ -244,7 +244,7 @@ class Ruleset:
             try:
                 try:
                     result = _dre.assert_facts(self._handle, payload)
-                except Exception as e:
+                except Exception:
                     # isolate the bad fact: retry one by one in fresh sessions
                     self._delete()
                     return self._one_by_one(facts)

@@ -474,19 +474,22 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
     raw = item.get("value")
     unit_raw = item.get("unit")
     rr = item.get("reference_range")
-    has_rr = bool(el.uln and isinstance(rr, dict) and rr.get("high") is not None)
-    high = rr.get("high") if has_rr else None
-    rr_unit = (rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw) if has_rr \
-        else None
+    has_rr = False
+    high = rr_unit = None
+    if el.uln and isinstance(rr, dict) and rr.get("high") is not None:
+        has_rr = True
+        high = rr.get("high")
+        rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
     key = (el.name, _key(raw), _key(unit_raw), has_rr, _key(high), _key(rr_unit))
-    if _UNCACHED in key:
-        res = _quantity_core(el, raw, unit_raw, has_rr, high, rr_unit)
+    hit = None if _UNCACHED in key else _QUANTITIES.get(key)
+    if hit is not None:
+        res = hit
     else:
-        res = _QUANTITIES.get(key)
-        if res is None:
+        res = _quantity_core(el, raw, unit_raw, has_rr, high, rr_unit)
+        if _UNCACHED not in key:
             if len(_QUANTITIES) >= _QUANTITIES_MAX:
                 _QUANTITIES.clear()
-            res = _QUANTITIES[key] = _quantity_core(el, raw, unit_raw, has_rr, high, rr_unit)
+            _QUANTITIES[key] = res
     if res.range_problem:
         prep.issue(f"{loc}.reference_range", "reference_range", res.range_problem, el.name)
     return res

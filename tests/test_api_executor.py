@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.executor import ScreeningThread
 from screener.screen import Screener
-
 from tests.test_api_unit import AS_OF, PATIENT, make, screen
 
 
