@@ -13,6 +13,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,12 +110,22 @@ def test_missing_slot_fires_neither_polarity() -> None:
         rs.close()
 
 
-def test_fact_json_is_exact_json_for_every_value_kind() -> None:
-    from screener.engine import _fact_json
+def test_fact_json_is_exact_json_and_refuses_what_the_engine_cannot_take() -> None:
+    from screener.engine import EngineError, _fact_json
     fact = {"n__value__any": 2_000_000, "neg": -7, "c__value__30d": "not_detected",
-            "quote": 'a"b', "back": "a\\b", "odd key \"": 1, "flag": True, "f": 1.5}
+            "big": (1 << 62) - 1}
     parsed = json.loads(_fact_json(fact, 12))
     assert parsed == {**fact, "sid": "1", "id": "12", "__seen": 1}
+    # floats crashed durable_rules, bools compare as 1, huge integers saturate, quotes and
+    # backslashes could break out of a string: all refused before the C library sees them
+    assert json.loads(_fact_json({"k": None, "n": 1}, 1)) == {"n": 1, "sid": "1", "id": "1",
+                                                               "__seen": 1}
+    for bad in (1.5, 1e-05, True, 1 << 62, -(1 << 62), 'a"b', "a\\b", "tab\there",
+                [1], {"x": 1}):
+        with pytest.raises(EngineError):
+            _fact_json({"k": bad}, 1)
+    with pytest.raises(EngineError):
+        _fact_json({'odd key "': 1}, 1)
 
 
 def test_session_reuse_across_many_calls_matches_reference() -> None:
@@ -146,3 +157,20 @@ def _fixed_trial() -> Trial:
                   False, Compare(COD_SLOTS[1], "!=", ("c",), SPAN), None, SPAN),
     )
     return Trial("NCT00000000", "t", "1", "s", crits, 30, (), "<g>", "0")
+
+
+def test_a_refused_fact_is_marked_and_its_neighbours_screen_normally() -> None:
+    """A value the engine cannot take (here a float, which the normalizer never produces; 1e-05
+    made durable_rules fail the whole assert) marks that patient `__rejected__` only."""
+    trial = _fixed_trial()
+    rs = Ruleset("refused", compile_trial(trial))
+    a = NUM_SLOTS[0].key
+    try:
+        facts = [{a: 2}, {a: 1e-05}, {a: 10}, {a: 2}]
+        out = rs.fired_many(facts)
+        assert out[1] == {"__rejected__"}
+        for i in (0, 2, 3):
+            assert out[i] == reference.fired(trial, facts[i]), i
+        assert rs.fired({a: 2}) == reference.fired(trial, {a: 2})   # the ruleset still works
+    finally:
+        rs.close()
