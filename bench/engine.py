@@ -140,8 +140,8 @@ def main() -> None:
             r, f = s[f"{path}_rete"], s[f"{path}_ref"]
             lines.append(f"| {tid} | {n_rules} | {path} (1 patient) | {r[0]:.0f} / {r[1]:.0f} "
                          f"| {f[0]:.0f} / {f[1]:.0f} | {r[0] / f[0]:.1f} |")
-        lines.append(f"| {tid} | {n_rules} | engine (batch path, 256 per call), mean | {tb_rete:.1f} | "
-                     f"{tb_ref:.1f} | {tb_rete / tb_ref:.1f} |")
+        lines.append(f"| {tid} | {n_rules} | engine (batch path, 256 per call), mean | "
+                     f"{tb_rete:.1f} | {tb_ref:.1f} | {tb_rete / tb_ref:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.record:
