@@ -948,6 +948,10 @@ def finalize(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     atomic_write(out / "counts.csv", _counts_csv(summary).encode())
     atomic_write(out / "funnel.csv", _funnel_csv(summary).encode())
     atomic_write(out / "blocked.csv", _blocked_csv(summary).encode())
+    dups = patient_id_check(out, manifest["format"])["all"]
+    atomic_write(out / "duplicates.csv", _csv_text(
+        [("patient_id", "record")] + [(pid, src) for pid, srcs in dups.items()
+                                      for src in srcs]).encode())
     atomic_write(out / "report.html", render_html(summary).encode())
     atomic_write(out / "manifest.json", _json_bytes(manifest))
     return summary
@@ -1142,6 +1146,50 @@ def resolve_what_if(trials: list[dict[str, Any]], without: Sequence[str],
     return out
 
 
+DUPLICATE_EXAMPLES = 20
+
+
+def patient_id_check(out: Path, fmt: str) -> dict[str, Any]:
+    """Screened records without a patient id, and ids on more than one record.
+
+    Every record is screened and counted as it stands (nothing is dropped or merged: the two
+    records of one id may differ, and only the coordinator can say which is right), so a
+    registry export with repeated patients would overstate the funnel; the summary says so.
+    Memory stays small at registry scale: pass 1 keeps one 64-bit hash per id (pyarrow sorts
+    them), pass 2 collects the records of the few ids whose hash repeats and drops hash
+    collisions by comparing the ids themselves. `all` lists every duplicated id with its
+    records (for duplicates.csv); `examples` the first few.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    without_id = 0
+    hashes: list[pa.Array] = []
+    for t in read_matrix(out, fmt, columns=["patient_id"]):
+        col = t.column("patient_id")
+        without_id += col.null_count
+        hashes.append(pa.array([hash(x) for x in col.to_pylist() if x is not None],
+                               pa.int64()))
+    dup: set[int] = set()
+    arr = pa.concat_arrays(hashes) if hashes else pa.array([], pa.int64())
+    if len(arr) > 1:
+        srt = pc.take(arr, pc.sort_indices(arr))
+        same = pc.equal(srt.slice(1), srt.slice(0, len(srt) - 1))
+        dup = set(pc.unique(pc.filter(srt.slice(1), same)).to_pylist())
+    where: dict[str, list[str]] = {}
+    if dup:
+        for t in read_matrix(out, fmt, columns=["patient_id", "source"]):
+            for pid, src in zip(t.column("patient_id").to_pylist(),
+                                t.column("source").to_pylist(), strict=True):
+                if pid is not None and hash(pid) in dup:
+                    where.setdefault(pid, []).append(src)
+    repeated = {k: v for k, v in sorted(where.items()) if len(v) > 1}
+    return {"without_id": without_id, "duplicated_ids": len(repeated),
+            "records_with_duplicated_id": sum(len(v) for v in repeated.values()),
+            "examples": [{"patient_id": k, "records": v[:10]}
+                         for k, v in list(repeated.items())[:DUPLICATE_EXAMPLES]],
+            "all": repeated}
+
+
 def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
               order: Sequence[str] = (),
               error_counts: dict[str, int] | None = None) -> dict[str, Any]:
@@ -1161,6 +1209,7 @@ def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
             with open(epath, "rb") as fh:
                 for line in fh:
                     error_counts["record" if b'"kind": "record"' in line else "value"] += 1
+    ids = patient_id_check(out, manifest["format"])
     return {
         "screener": manifest.get("screener"),
         "as_of": manifest["as_of"],
@@ -1170,6 +1219,7 @@ def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
         "records": {"total": total_rows + error_counts["record"], "screened": total_rows,
                     "not_screened": error_counts["record"],
                     "value_issues": error_counts["value"]},
+        "patient_ids": {k: v for k, v in ids.items() if k != "all"},
         "what_if": {"without": list(without), "order": list(order)},
         "trials": [tallies[t["id"]].result(t) for t in trials],
     }
@@ -1220,6 +1270,13 @@ def render_text(s: dict[str, Any]) -> str:
     lines = [f"as_of {s['as_of']}  records {r['total']:,}  screened {r['screened']:,}  "
              f"not screened {r['not_screened']:,}  value issues {r['value_issues']:,}"
              + ("" if s["complete"] else "  [RUN INCOMPLETE]")]
+    ids = s.get("patient_ids") or {}
+    if ids.get("duplicated_ids"):
+        lines.append(f"WARNING: {ids['duplicated_ids']:,} patient ids appear on more than one "
+                     f"record ({ids['records_with_duplicated_id']:,} records); each record is "
+                     "screened and counted separately (see duplicates.csv)")
+    if ids.get("without_id"):
+        lines.append(f"note: {ids['without_id']:,} screened records have no patient id")
     wi = s["what_if"]
     if wi["without"] or wi["order"]:
         lines.append(f"what-if: without {', '.join(wi['without']) or '-'}; order "
@@ -1259,6 +1316,7 @@ def render_text(s: dict[str, Any]) -> str:
 
 
 _CSS = """
+.warn{background:#fff3cd;border-left:4px solid #e0a800;padding:.4em .8em}
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:2px 8px;text-align:right;
@@ -1314,6 +1372,16 @@ def render_html(s: dict[str, Any]) -> str:
              + ("" if s["complete"] else " &middot; <b>run incomplete</b>") + "</p>",
              f"<p>{r['total']:,} records: {r['screened']:,} screened, {r['not_screened']:,} not "
              f"screened (see errors.jsonl), {r['value_issues']:,} values not usable.</p>"]
+    ids = s.get("patient_ids") or {}
+    if ids.get("duplicated_ids"):
+        parts.append(f"<p class='warn'><b>Warning:</b> {ids['duplicated_ids']:,} patient ids "
+                     f"appear on more than one record ({ids['records_with_duplicated_id']:,} "
+                     "records); each record is screened and counted separately, so the counts "
+                     "below may include the same patient more than once (see duplicates.csv): "
+                     + e(", ".join(x["patient_id"] for x in ids["examples"][:5]))
+                     + ("..." if ids["duplicated_ids"] > 5 else "") + "</p>")
+    if ids.get("without_id"):
+        parts.append(f"<p>{ids['without_id']:,} screened records have no patient id.</p>")
     wi = s["what_if"]
     if wi["without"] or wi["order"]:
         parts.append(f"<p><b>What-if:</b> without {e(', '.join(wi['without']) or '-')}; order "

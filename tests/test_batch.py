@@ -451,3 +451,35 @@ def test_synth_and_batch_commands(tmp_path: Path) -> None:
     code = run(parse_args(["batch", "--rules", RULES, "--trial", "NCT0611162", str(path),
                            "--out", str(tmp_path / "o2"), "--as-of", "2026-11-22"]), out, err)
     assert code == 2 and "did you mean 'NCT06111625'" in err.getvalue()
+
+
+def test_duplicate_patient_ids_are_flagged_not_merged(small: Path, tmp_path: Path) -> None:
+    """A registry export that repeats patients: every record is screened and kept, and the
+    summary, text, HTML and duplicates.csv say which ids repeat and where."""
+    lines = small.read_text().splitlines()[:6]
+    docs = [json.loads(x) for x in lines]
+    docs[3]["id"] = docs[0]["id"]          # same patient twice (lines 1 and 4)
+    docs[4]["id"] = docs[0]["id"]          # and a third time (line 5)
+    docs[5].pop("id", None)                # no id at all
+    path = tmp_path / "dups.ndjson"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    out = tmp_path / "out"
+    summary, _ = run_batch(_opts([str(path)], out, chunk_size=2), io.StringIO())
+    assert len(_rows(out)) == 6                        # nothing dropped or merged
+    ids = summary["patient_ids"]
+    assert ids["duplicated_ids"] == 1 and ids["records_with_duplicated_id"] == 3
+    assert ids["without_id"] == 1
+    (ex,) = ids["examples"]
+    assert ex["patient_id"] == docs[0]["id"]
+    assert ex["records"] == [f"{path}:line {n}" for n in (1, 4, 5)]
+    assert (out / "duplicates.csv").read_text().splitlines() == [
+        "patient_id,record", *(f"{docs[0]['id']},{path}:line {n}" for n in (1, 4, 5))]
+    assert "1 patient ids appear on more than one record (3 records)" in \
+        (out / "report.html").read_text()
+    assert json.loads((out / "summary.json").read_text())["patient_ids"] == ids
+
+
+def test_no_duplicates_in_a_clean_registry(clean_small: Path) -> None:
+    s = json.loads((clean_small / "summary.json").read_text())
+    assert s["patient_ids"]["duplicated_ids"] == 0 and s["patient_ids"]["examples"] == []
+    assert (clean_small / "duplicates.csv").read_text() == "patient_id,record\n"
