@@ -943,14 +943,14 @@ def finalize(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     os.replace(tmp, out / "errors.jsonl")
     manifest["complete"] = True
     manifest["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    summary = summarise(out, manifest, error_counts=kinds)
+    ids = patient_id_check(out, manifest["format"])
+    summary = summarise(out, manifest, error_counts=kinds, ids=ids)
     atomic_write(out / "summary.json", _json_bytes(summary))
     atomic_write(out / "counts.csv", _counts_csv(summary).encode())
     atomic_write(out / "funnel.csv", _funnel_csv(summary).encode())
     atomic_write(out / "blocked.csv", _blocked_csv(summary).encode())
-    dups = patient_id_check(out, manifest["format"])["all"]
     atomic_write(out / "duplicates.csv", _csv_text(
-        [("patient_id", "record")] + [(pid, src) for pid, srcs in dups.items()
+        [("patient_id", "record")] + [(pid, src) for pid, srcs in ids["all"].items()
                                       for src in srcs]).encode())
     atomic_write(out / "report.html", render_html(summary).encode())
     atomic_write(out / "manifest.json", _json_bytes(manifest))
@@ -1192,7 +1192,8 @@ def patient_id_check(out: Path, fmt: str) -> dict[str, Any]:
 
 def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
               order: Sequence[str] = (),
-              error_counts: dict[str, int] | None = None) -> dict[str, Any]:
+              error_counts: dict[str, int] | None = None,
+              ids: dict[str, Any] | None = None) -> dict[str, Any]:
     """Counts, attrition funnel and blocked-by tallies recomputed from the stored matrix."""
     trials = manifest["trials"]
     plan = resolve_what_if(trials, without, order)
@@ -1209,7 +1210,8 @@ def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
             with open(epath, "rb") as fh:
                 for line in fh:
                     error_counts["record" if b'"kind": "record"' in line else "value"] += 1
-    ids = patient_id_check(out, manifest["format"])
+    if ids is None:
+        ids = patient_id_check(out, manifest["format"])
     return {
         "screener": manifest.get("screener"),
         "as_of": manifest["as_of"],
