@@ -679,54 +679,56 @@ def fill(prep: Prepared, trial: Trial, detail: bool = True) -> Facts:
     values: dict[str, int | str] = {}
     evidence: dict[str, dict[str, Any]] = {}
     filled = prep.filled
-    for slot, key, ck in _plan(trial, detail):
+    for slot, key, ck, how, head in _plan(trial, detail):
         hit = filled.get(ck)
         if hit is None:
-            hit = filled[ck] = _fill_slot(prep, trial, slot, detail)
+            ev = dict(head)
+            if how == _READING:
+                value = _reading(prep, slot, trial.site_uln, ev, detail)
+            elif how == _PRESENT:
+                value = _present(prep, slot, trial.review_max_age_days, ev, detail)
+            elif how == _DAYS:
+                value = _days(prep, slot, trial.review_max_age_days, ev)
+            elif how == _AGE:
+                value = _age(prep, ev)
+            else:
+                value = prep.sex
+                if value is None:
+                    ev["missing"] = "sex not recorded"
+                else:
+                    ev["value"] = value
+            hit = filled[ck] = (value, ev)
         if hit[0] is not None:
             values[key] = hit[0]
         evidence[key] = hit[1]
     return Facts(values, evidence)
 
 
-_PLANS: dict[tuple[int, bool], tuple[Trial, list[tuple[Slot, str, tuple[Any, ...]]]]] = {}
+_READING, _PRESENT, _DAYS, _AGE, _SEX = range(5)
+_PlanEntry = tuple[Slot, str, tuple[Any, ...], int, dict[str, Any]]
+_PLANS: dict[tuple[int, bool], tuple[Trial, list[_PlanEntry]]] = {}
 
 
-def _plan(trial: Trial, detail: bool) -> list[tuple[Slot, str, tuple[Any, ...]]]:
-    """(slot, key, cache key) per slot of the trial, computed once per trial object. The cache
-    key holds everything a slot's filling depends on besides the record, so trials screened
-    with the same record share filled slots."""
+def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
+    """Per slot of the trial, computed once per trial object: the slot, its key, the cache key
+    (everything its filling depends on besides the record, so trials screened with the same
+    record share filled slots), how to fill it, and the evidence every filling starts from."""
     hit = _PLANS.get((id(trial), detail))
     if hit is not None and hit[0] is trial:
         return hit[1]
-    plan = [(slot, slot.key, (slot.key, trial.review_max_age_days,
-                              trial.site_uln if slot.mode == "uln" else (), detail))
-            for slot in slots_of(trial)]
+    plan: list[_PlanEntry] = []
+    for slot in slots_of(trial):
+        how = (_PRESENT if slot.mode == "present" else _DAYS if slot.mode == "days"
+               else _AGE if slot.element == ("age",) else _SEX if slot.element == ("sex",)
+               else _READING)
+        head: dict[str, Any] = {"element": "+".join(slot.element)}
+        if slot.within_days is not None:
+            head["window_days"] = slot.within_days
+        ck = (slot.key, trial.review_max_age_days,
+              trial.site_uln if slot.mode == "uln" else (), detail)
+        plan.append((slot, slot.key, ck, how, head))
     _PLANS[(id(trial), detail)] = (trial, plan)
     return plan
-
-
-def _fill_slot(prep: Prepared, trial: Trial, slot: Slot, detail: bool
-               ) -> tuple[int | str | None, dict[str, Any]]:
-    ev: dict[str, Any] = {"element": "+".join(slot.element)}
-    if slot.within_days is not None:
-        ev["window_days"] = slot.within_days
-    value: int | str | None
-    if slot.mode == "present":
-        value = _present(prep, slot, trial.review_max_age_days, ev, detail)
-    elif slot.mode == "days":
-        value = _days(prep, slot, trial.review_max_age_days, ev)
-    elif slot.element == ("age",):
-        value = _age(prep, ev)
-    elif slot.element == ("sex",):
-        value = prep.sex
-        if value is None:
-            ev["missing"] = "sex not recorded"
-        else:
-            ev["value"] = value
-    else:
-        value = _reading(prep, slot, trial.site_uln, ev, detail)
-    return value, ev
 
 
 def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
@@ -811,6 +813,10 @@ def _fresh(d: date, prep: Prepared, max_age: int) -> bool:
 
 def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
              detail: bool = True) -> str | None:
+    conds, suspect, negatives = prep.conditions, prep.suspect, prep.negatives
+    if not any(n in conds or n in suspect or n in negatives for n in slot.element):
+        # nothing recorded about these conditions (the usual case): only a review can say
+        return _reviewed_absent(prep, slot, max_age, ev)
     as_of, win = prep.as_of, slot.within_days
     start = days_before(as_of, win) if win is not None else None
     hits: list[CondRecord] = []
@@ -866,6 +872,12 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
     if len(negated) == len(slot.element):
         ev.update({"value": "absent", "basis": "documented absent"})
         return "false"
+    return _reviewed_absent(prep, slot, max_age, ev)
+
+
+def _reviewed_absent(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]
+                     ) -> str | None:
+    """No record of the conditions: absent if a complete review is fresh, else unknown."""
     rev = prep.reviewed.get("conditions")
     if rev is not None and _fresh(rev, prep, max_age):
         ev.update({"value": "absent", "basis": f"complete condition review on {rev}"})
