@@ -335,6 +335,9 @@ def _element_of(item: Mapping[str, Any]) -> str | None:
 
 
 _IGNORED_STATUS = {"entered-in-error", "cancelled"}
+#: elements recorded as observations (not conditions, exposures or demographics)
+_OBSERVED = frozenset(n for n, e in ELEMENTS.items()
+                      if e.kind not in ("condition", "exposure") and n not in DEMOGRAPHIC)
 
 
 def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
@@ -343,7 +346,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         _unknown_name(prep, item, loc, "observation")
         return
     el = ELEMENTS[name]
-    if el.kind in ("condition", "exposure") or name in DEMOGRAPHIC:
+    if name not in _OBSERVED:
         prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
         return
     status = item.get("status")
@@ -359,30 +362,26 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
                    f"dated {day}, after as_of {prep.as_of}: not used", name)
         return
 
-    def unusable(code: str, msg: str, where: str = loc) -> None:
-        # An unusable result still counts as the newest evidence of its date: it may say
-        # something the older usable results do not, so it hides them (see `_reading`).
-        prep.issue(where, code, msg, name)
-        prep.unusable.setdefault(name, []).append((day, stamp, msg, loc))
-
     if day is None:
-        unusable("date", f"missing or unusable date {raw_date!r}", f"{loc}.date")
+        _unusable(prep, name, day, stamp, loc, "date", f"missing or unusable date {raw_date!r}",
+                  f"{loc}.date")
         return
     if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
-        unusable("status", f"status {_short(status)} is not final")
+        _unusable(prep, name, day, stamp, loc, "status", f"status {_short(status)} is not final",
+                  loc)
         return
     source = str(item.get("source") or loc)
     raw = item.get("value")
     if item.get("comparator") not in (None, "", "="):
-        unusable("censored", f"censored value {item.get('comparator')}{raw}: cannot decide a "
-                 "threshold")
+        _unusable(prep, name, day, stamp, loc, "censored", f"censored value "
+                  f"{item.get('comparator')}{raw}: cannot decide a threshold", loc)
         return
     value: Fraction | str | None
     if el.kind == "quantity":
         q = _quantity(prep, el, item, loc)
         if q.value is None:
             code, msg, where = q.problem
-            unusable(code, msg, loc + where)
+            _unusable(prep, name, day, stamp, loc, code, msg, loc + where)
             return
         prep.readings.setdefault(name, []).append(Reading(
             name, q.value, stamp, day, q.uln, q.shown, source, loc, q.code, q.ratio,
@@ -391,20 +390,31 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     elif el.kind == "boolean":
         value = _boolean(raw)
         if value is None:
-            unusable("value", f"{name} must be true or false, got {raw!r}")
+            _unusable(prep, name, day, stamp, loc, "value",
+                      f"{name} must be true or false, got {raw!r}", loc)
             return
         shown = value
     else:
         value = _coded(el, raw)
         if value is None:
-            unusable("value", f"unusable value {raw!r} for {name} ({', '.join(el.values)})")
+            _unusable(prep, name, day, stamp, loc, "value",
+                      f"unusable value {raw!r} for {name} ({', '.join(el.values)})", loc)
             return
         if value in _UNINFORMATIVE:
-            unusable("indeterminate", f"{name} result is {value}")
+            _unusable(prep, name, day, stamp, loc, "indeterminate", f"{name} result is {value}",
+                      loc)
             return
         shown = value
     prep.readings.setdefault(name, []).append(
         Reading(name, value, stamp, day, None, shown, source, loc, value))
+
+
+def _unusable(prep: Prepared, name: str, day: date | None, stamp: str, loc: str, code: str,
+              msg: str, where: str) -> None:
+    # An unusable result still counts as the newest evidence of its date: it may say
+    # something the older usable results do not, so it hides them (see `_reading`).
+    prep.issue(where, code, msg, name)
+    prep.unusable.setdefault(name, []).append((day, stamp, msg, loc))
 
 
 def _broader_of(item: Mapping[str, Any]) -> str | None:

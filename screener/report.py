@@ -138,9 +138,26 @@ def _crit_plan(c: Criterion) -> _CritPlan:
 _EMPTY: dict[str, Any] = {}
 
 
+_TRIAL_PLANS: dict[int, tuple[Trial, list[tuple[Criterion, _CritPlan]]]] = {}
+
+
+def _trial_plans(trial: Trial) -> list[tuple[Criterion, _CritPlan]]:
+    hit = _TRIAL_PLANS.get(id(trial))
+    if hit is not None and hit[0] is trial:
+        return hit[1]
+    plans = [(c, _crit_plan(c)) for c in trial.criteria]
+    _TRIAL_PLANS[id(trial)] = (trial, plans)
+    return plans
+
+
 def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
                 attest: Mapping[str, str]) -> dict[str, Any]:
-    plan = _crit_plan(c)
+    return _verdict(c, _crit_plan(c), fired, evidence, attest)
+
+
+def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
+             evidence: Mapping[str, dict[str, Any]], attest: Mapping[str, str]
+             ) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
     get = evidence.get
     # one evidence record per slot the criterion reads, naming every test made on it
@@ -179,7 +196,7 @@ def build(trial: Trial, ruleset_hash: str, fired: set[str],
           issues: list[DataIssue], meta: Mapping[str, Any]) -> dict[str, Any]:
     if "__rejected__" in fired:
         raise ScreenerError("the engine rejected this patient's facts")
-    crits = [verdict_for(c, fired, evidence, attest) for c in trial.criteria]
+    crits = [_verdict(c, plan, fired, evidence, attest) for c, plan in _trial_plans(trial)]
     if any(not c["favourable"] and c["verdict"] != "unknown" for c in crits):
         status = "ineligible"
     elif all(c["favourable"] for c in crits):
