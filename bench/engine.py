@@ -6,7 +6,9 @@ Patients are generated deterministically (a mix of complete, sparse and out-of-r
 Three timings per trial, alternating in blocks so machine noise hits all alike:
 
 * `screen`     the whole single-patient path the API uses: prepare + fill + engine + report;
-* `engine`     only the engine call for one patient (facts already filled): Rete vs reference;
+* `engine`     only the engine call for one patient (facts already filled): Rete vs reference,
+               in blocks alternating with the other paths (caches as a single API request
+               leaves them) and back to back (patient after patient, as a registry run);
 * `batch`      the engine on 256 patients per session (the registry path), per patient.
 
 Prints median and p99 in microseconds and the Rete / reference ratios. `--record` appends the
@@ -124,6 +126,18 @@ def main() -> None:
                     t[name] += [timed(lambda: fn(i)) for i in block]  # noqa: B023
                 finally:
                     gc.enable()
+        # the engine alone, patient after patient with nothing in between (as a registry run
+        # calls it); each call still timed on its own, so the median is per patient
+        warm: dict[str, list[float]] = {"rete": [], "ref": []}
+        for _ in range(2):
+            for name, scr, comp in (("rete", rete, crete), ("ref", ref, cref)):
+                gc.collect()
+                gc.disable()
+                try:
+                    warm[name] = [timed(lambda: scr.fired(comp, f)) for f in facts]  # noqa: B023
+                finally:
+                    gc.enable()
+        t["warm_rete"], t["warm_ref"] = warm["rete"], warm["ref"]
         chunks = [facts[i:i + 256] for i in range(0, len(facts), 256)]
         tb_rete = sum(timed(lambda: rete.fired_many(tid, c)) for c in chunks) / len(facts)  # noqa: B023
         tb_ref = sum(timed(lambda: ref.fired_many(tid, c)) for c in chunks) / len(facts)  # noqa: B023
@@ -136,9 +150,10 @@ def main() -> None:
     lines = ["| trial | rules | path | Rete median / p99 (us) | reference median / p99 (us) "
              "| ratio (median) |", "|---|---:|---|---:|---:|---:|"]
     for tid, n_rules, s, tb_rete, tb_ref in rows:
-        for path in ("screen", "engine"):
+        for path, label in (("screen", "screen (1 patient)"), ("engine", "engine (1 patient)"),
+                            ("warm", "engine (1 patient, back to back)")):
             r, f = s[f"{path}_rete"], s[f"{path}_ref"]
-            lines.append(f"| {tid} | {n_rules} | {path} (1 patient) | {r[0]:.0f} / {r[1]:.0f} "
+            lines.append(f"| {tid} | {n_rules} | {label} | {r[0]:.0f} / {r[1]:.0f} "
                          f"| {f[0]:.0f} / {f[1]:.0f} | {r[0] / f[0]:.1f} |")
         lines.append(f"| {tid} | {n_rules} | engine (batch path, 256 per call), mean | "
                      f"{tb_rete:.1f} | {tb_ref:.1f} | {tb_rete / tb_ref:.1f} |")
