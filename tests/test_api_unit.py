@@ -93,6 +93,10 @@ def test_settings_from_env() -> None:
     assert SALT not in repr(s)
     dev = Settings.from_env({"SCREENER_DEV_MODE": "1"})
     assert not dev.auth_enabled
+    assert s.tune_gc and not Settings.from_env({"SCREENER_DEV_MODE": "1",
+                                                "SCREENER_GC_TUNING": "0"}).tune_gc
+    with pytest.raises(SettingsError, match="SCREENER_GC_TUNING"):
+        Settings.from_env({"SCREENER_DEV_MODE": "1", "SCREENER_GC_TUNING": "maybe"})
 
 
 # ---- auth -----------------------------------------------------------------------------------
@@ -511,3 +515,16 @@ def test_no_server_errors_for_odd_patients(patient: dict[str, Any], as_of: date,
     r = _fuzz_client.post(path, headers=AUTH,
                           json={"patient": patient, "as_of": as_of.isoformat()})
     assert r.status_code in (200, 422), r.text[:500]
+
+
+def test_gc_tuning_applies_at_start_up_only_when_asked() -> None:
+    import gc
+    before = gc.get_threshold()
+    try:
+        with TestClient(create_app(make())):
+            assert gc.get_threshold() == before
+        with TestClient(create_app(make(tune_gc=True))):
+            assert gc.get_threshold() == (50_000, 20, 100) and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
