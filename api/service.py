@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from screener import jsonfast
 from screener.errors import PatientDataError, UnknownTrial, did_you_mean
 from screener.report import AttestationError, dumps_bytes, normalise_attestations
 
@@ -45,6 +46,9 @@ def _reject_constant(name: str) -> Any:
 def parse_json_strict(raw: bytes) -> Any:
     """json.loads, refusing NaN / Infinity (Python's json accepts them; JSON does not, and a NaN
     lab value must never reach a comparison) and reporting where the text is broken."""
+    doc = jsonfast.loads(raw)
+    if doc is not jsonfast.FALLBACK:
+        return doc
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except _Constant as e:

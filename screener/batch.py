@@ -53,7 +53,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from . import __version__
+from . import __version__, jsonfast
 from .cli import DEFAULT_RULES, iso_date, register
 from .compile import rule_names
 from .errors import PatientDataError, ScreenerError, did_you_mean
@@ -414,8 +414,10 @@ def _reject_constant(name: str) -> Any:
 def _parse_line(raw: bytes) -> tuple[Any, dict[str, str] | None]:
     if len(raw) > MAX_LINE_BYTES:
         return None, {"code": "too_large", "reason": f"line longer than {MAX_LINE_BYTES} bytes"}
+    doc = jsonfast.loads(raw)
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
+        if doc is jsonfast.FALLBACK:
+            doc = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         # strict JSON: NaN / Infinity are refused here rather than reaching the normalizer
         return None, {"code": "json_invalid", "reason": f"invalid JSON: {e}"}
