@@ -32,8 +32,11 @@ from typing import Any, NamedTuple
 from .elements import (
     DEMOGRAPHIC,
     ELEMENTS,
+    ICD10,
+    ICD10CM,
     LOINC,
     PROJECT,
+    SNOMED,
     Element,
     by_loinc,
     condition_broader,
@@ -123,6 +126,10 @@ class Prepared:
     unusable: dict[str, list[tuple[date | None, str, str, str]]] = field(default_factory=dict)
     #: element -> why records of it may exist that we could not read (misspelt names, ...)
     suspect: dict[str, list[str]] = field(default_factory=dict)
+    #: condition records no catalogue code matched and no ICD-10 code placed elsewhere: any of
+    #: them may be a more specific form of a catalogue condition (the SNOMED CT hierarchy is not
+    #: modelled), so a complete condition review cannot prove a condition absent
+    unresolved: list[str] = field(default_factory=list)
     #: (slot key, review max age, site ULN) -> filled value and evidence, shared by the trials
     #: screened with this record
     filled: dict[tuple[Any, ...], tuple[int | str | None, dict[str, Any]]] = \
@@ -417,6 +424,10 @@ def _unusable(prep: Prepared, name: str, day: date | None, stamp: str, loc: str,
     prep.unusable.setdefault(name, []).append((day, stamp, msg, loc))
 
 
+def _system_name(system: str) -> str:
+    return {SNOMED: "SNOMED CT", LOINC: "LOINC", PROJECT: "project"}.get(system, system)
+
+
 def _broader_of(item: Mapping[str, Any]) -> str | None:
     for system, code in _codings(item):
         name = condition_broader(system, code)
@@ -582,6 +593,13 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     if name is None:
         # unmapped diagnosis codes are normal (a record holds many): noted without alarm
         _unknown_name(prep, item, loc, "condition")
+        codings = _codings(item)
+        if not isinstance(item.get("element"), str) and \
+                not any(system in (ICD10, ICD10CM) for system, _ in codings):
+            # ICD-10 codes are matched by prefix, so an unmatched one is some other disease;
+            # anything else (a SNOMED child concept, a local code, no code) might be ours
+            shown = ", ".join(f"{_system_name(system)} {code}" for system, code in codings)
+            prep.unresolved.append(f"{loc} ({shown or 'no usable code'})")
         return
     if ELEMENTS[name].kind != "condition":
         prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
@@ -890,6 +908,14 @@ def _reviewed_absent(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any
     """No record of the conditions: absent if a complete review is fresh, else unknown."""
     rev = prep.reviewed.get("conditions")
     if rev is not None and _fresh(rev, prep, max_age):
+        if prep.unresolved:
+            n = len(prep.unresolved)
+            ev["missing"] = (f"no record of {' or '.join(slot.element)}; the condition review of "
+                             f"{rev} would prove it absent, but {n} condition record"
+                             f"{'s' if n > 1 else ''} could not be matched to the catalogue and "
+                             f"may be a more specific form of it: {prep.unresolved[0]}"
+                             + (f" and {n - 1} more" if n > 1 else ""))
+            return None
         ev.update({"value": "absent", "basis": f"complete condition review on {rev}"})
         return "false"
     ev["missing"] = (f"no record of {' or '.join(slot.element)}, and absence is not documented "

@@ -257,3 +257,26 @@ def test_ratio_beyond_representable_range_is_unknown_with_reason(screener: Scree
     c = verdicts(screener, p)["inc_liver_transaminases"]
     assert c["verdict"] == "unknown"
     assert "representable" in json.dumps(c)
+
+
+@pytest.mark.parametrize("extra,verdict", [
+    pytest.param([], "not_met", id="review-and-nothing-else: absent"),
+    pytest.param([{"codes": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]}],
+                 "not_met", id="unmatched-icd10-is-some-other-disease"),
+    pytest.param([{"codes": [{"system": "http://snomed.info/sct", "code": "1234567001"}]}],
+                 "unknown", id="unmatched-snomed-may-be-a-child-concept"),
+    pytest.param([{"codes": [{"system": "http://example.org/local", "code": "ART-THR"}]}],
+                 "unknown", id="local-code"),
+    pytest.param([{"onset": "2026-11-01"}], "unknown", id="no-code-at-all"),
+])
+def test_complete_review_proves_absence_only_when_every_record_is_placed(
+        screener: Screener, extra: list[dict[str, Any]], verdict: str) -> None:
+    """A complete condition review makes a missing condition absent, unless some condition
+    record could not be matched: without the SNOMED CT hierarchy it may be a more specific
+    form of the very condition (a wrong 'absent' could make a patient wrongly eligible)."""
+    p = {"reviewed": {"conditions": "2026-11-20"}, "conditions": extra}
+    c = verdicts(screener, p)["exc_arterial_thrombosis"]
+    assert c["verdict"] == verdict
+    if verdict == "unknown":
+        (m,) = c["missing"]
+        assert "more specific form" in m["reason"] and "conditions[0]" in m["reason"]

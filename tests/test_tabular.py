@@ -141,6 +141,25 @@ def test_smart_reviewed_constant_and_missing_column(tmp_path: Path) -> None:
     m.write_text(text + 'reviewed:\n  conditions: "2026-11-01"\n')
     recs = list(iter_patients(load_mapping(m), base_dir=SMART))
     assert all(p["reviewed"] == {"conditions": "2026-11-01"} for _, p, _ in recs if p)
+    # the list is declared complete: problem codes the catalogue cannot place are passed on
+    # (they may be SNOMED CT children of a listed condition) and keep absence unknown
+    unplaced = [p for _, p, _ in recs
+                if p and any("codes" in c for c in p.get("conditions", []))]
+    assert unplaced
+    from datetime import date
+
+    from screener.screen import Screener
+    s = Screener.from_paths([str(Path(__file__).resolve().parents[1] / "rules")])
+    try:
+        r = s.screen("NCT06930105", unplaced[0], date(2026, 11, 22))
+        c = next(c for c in r["criteria"] if c["id"] == "exc_arterial_thrombosis")
+        assert c["verdict"] == "unknown" and "more specific form" in c["missing"][0]["reason"]
+    finally:
+        s.close()
+    without = list(iter_patients(load_mapping(SMART_MAPPING), base_dir=SMART))
+    assert not any("codes" in c for _, p, _ in without if p for c in p.get("conditions", [])
+                   if c.get("codes", [{}])[0].get("code") == unplaced[0]["conditions"][0]
+                   ["codes"][0]["code"])
 
     m.write_text(text.replace("code: LOINC", "code: LOINK"))
     with pytest.raises(MappingError) as exc:

@@ -59,6 +59,9 @@ name (a plain string) or ``{column: NAME}`` or ``{constant: VALUE}``::
 every patient in it: the screener will then treat a condition *absent from the table* as absent
 (an exclusion criterion becomes ``false`` instead of ``unknown``). Set it only when the registry
 really is curated that way. The same holds for ``reviewed.exposures`` and the therapy history.
+Even then, a problem code the catalogue does not list (other than ICD-10, which is matched by
+prefix) keeps absence ``unknown`` for that patient: it may be a more specific SNOMED CT concept
+of a listed condition, and the hierarchy is not modelled.
 
 Condition flags: a value in ``present`` (default ``1 y yes true t x present positive``, case
 insensitive) gives a condition with the ``onset`` / ``abatement`` columns; a value in ``absent``
@@ -91,7 +94,9 @@ The patients table streams: CSV / TSV with the ``csv`` module one row at a time,
 duplicates). Long tables (labs, problems) are *not* streamed: registry exports group their rows
 by patient only loosely, so each long table is read once, its mapped rows are parsed and grouped
 by patient id in a dict, and each patient's group is handed out when its patient row streams by.
-**Memory is proportional to the mapped rows of the long tables** (unmapped codes are not kept).
+**Memory is proportional to the mapped rows of the long tables** (unmapped codes are not kept,
+except non-ICD-10 problem codes when ``reviewed.conditions`` declares the problem list complete:
+those stop a condition from being read as absent, see below).
 For long tables larger than memory, split the export by patient id range first.
 """
 
@@ -992,6 +997,18 @@ def _load_long(m: Mapping, base_dir: str | Path | None,
                         g.conditions.append(cond)
                     g.issues.extend(tmp)
                     continue
+            if name is None and code and t.role != "labs" and "conditions" in m.reviewed \
+                    and t.system not in ("icd10", "icd10cm"):
+                # The problem list is declared complete, so a code we cannot place must reach
+                # the normalizer: it may be a more specific form of a catalogue condition (the
+                # SNOMED CT hierarchy is not modelled), and absence must then stay unknown. It
+                # reports the unmapped code itself.
+                system_url = _PROBLEM_SYSTEMS[t.system or "snomed"]
+                cond = _problem(r, "", {"system": system_url, "code": code})
+                if cond is not None:
+                    g.conditions.append(cond)
+                g.issues.extend(tmp)
+                continue
             if name is None:
                 system = (t.system or "").upper()
                 if not code:
