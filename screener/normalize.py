@@ -269,8 +269,13 @@ def prepare(patient: Any, as_of: date) -> Prepared:
     elif rev is not None:
         prep.issue("reviewed", "type", "reviewed must be an object of dates")
     for lst in prep.readings.values():
-        lst.sort(key=lambda r: (r.stamp, r.loc), reverse=True)
+        if len(lst) > 1:
+            lst.sort(key=_newest_first, reverse=True)
     return prep
+
+
+def _newest_first(r: Reading) -> tuple[str, str]:
+    return (r.stamp, r.loc)
 
 
 def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
@@ -348,21 +353,24 @@ _OBSERVED = frozenset(n for n, e in ELEMENTS.items()
 
 
 def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
-    name = _element_of(item)
-    if name is None:
-        _unknown_name(prep, item, loc, "observation")
-        return
+    get = item.get
+    name = get("element")
+    if name.__class__ is not str or name not in _OBSERVED:  # the common case: a known name
+        name = _element_of(item)
+        if name is None:
+            _unknown_name(prep, item, loc, "observation")
+            return
+        if name not in _OBSERVED:
+            prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
+            return
     el = ELEMENTS[name]
-    if name not in _OBSERVED:
-        prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
-        return
-    status = item.get("status")
-    if isinstance(status, str) and status in _IGNORED_STATUS:
+    status = get("status")
+    if status is not None and isinstance(status, str) and status in _IGNORED_STATUS:
         # retracted: as if it had never been recorded
         prep.issue(loc, "status", f"status {status!r}: not used", name)
         return
-    raw_date = item.get("date")
-    day, _ = parse_date(raw_date)
+    raw_date = get("date")
+    day = _parse_date_text(raw_date)[0] if isinstance(raw_date, str) else None
     stamp = str(raw_date) if day is not None else ""
     if day is not None and day > prep.as_of:
         prep.issue(f"{loc}.date", "after_as_of",
@@ -377,9 +385,10 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         _unusable(prep, name, day, stamp, loc, "status", f"status {_short(status)} is not final",
                   loc)
         return
-    source = str(item.get("source") or loc)
-    raw = item.get("value")
-    if item.get("comparator") not in (None, "", "="):
+    source = str(get("source") or loc)
+    raw = get("value")
+    comparator = get("comparator")
+    if comparator is not None and comparator not in ("", "="):
         _unusable(prep, name, day, stamp, loc, "censored", f"censored value "
                   f"{item.get('comparator')}{raw}: cannot decide a threshold", loc)
         return
@@ -501,7 +510,10 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
         has_rr = True
         high = rr.get("high")
         rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
-    key = (el.name, _key(raw), _key(unit_raw), has_rr, _key(high), _key(rr_unit))
+    key = (el.name, raw if raw.__class__ is int or raw.__class__ is str else _key(raw),
+           unit_raw if unit_raw.__class__ is str else _key(unit_raw), has_rr,
+           high if high.__class__ is int or high.__class__ is str else _key(high),
+           rr_unit if rr_unit.__class__ is str else _key(rr_unit))
     hit = None if _UNCACHED in key else _QUANTITIES.get(key)
     if hit is not None:
         res = hit
@@ -752,8 +764,10 @@ def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
         head: dict[str, Any] = {"element": "+".join(slot.element)}
         if slot.within_days is not None:
             head["window_days"] = slot.within_days
+        # the site ULNs by their text: hashing the Fractions themselves on every lookup was a
+        # measurable share of fill
         ck = (slot.key, trial.review_max_age_days,
-              trial.site_uln if slot.mode == "uln" else (), detail)
+              repr(trial.site_uln) if slot.mode == "uln" else "", detail)
         plan.append((slot, slot.key, ck, how, head))
     _PLANS[(id(trial), detail)] = (trial, plan)
     return plan
@@ -842,7 +856,10 @@ def _fresh(d: date, prep: Prepared, max_age: int) -> bool:
 def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
              detail: bool = True) -> str | None:
     conds, suspect, negatives = prep.conditions, prep.suspect, prep.negatives
-    if not any(n in conds or n in suspect or n in negatives for n in slot.element):
+    for n in slot.element:
+        if n in conds or n in suspect or n in negatives:
+            break
+    else:
         # nothing recorded about these conditions (the usual case): only a review can say
         return _reviewed_absent(prep, slot, max_age, ev)
     as_of, win = prep.as_of, slot.within_days
