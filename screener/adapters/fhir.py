@@ -325,6 +325,15 @@ class _Run:
         """The codings of a CodeableConcept."""
         out = []
         for i, c in self.items(cc, "coding", loc):
+            system, code, display = c.get("system"), c.get("code"), c.get("display")
+            if (system is None or system.__class__ is str) and \
+                    (code is None or code.__class__ is str) and \
+                    (display is None or display.__class__ is str):
+                # well-typed (the usual case): what `text` gives, without building locations
+                out.append(_Coding(system if system and system.strip() else None,
+                                   code.strip() if code and code.strip() else None,
+                                   display if display and display.strip() else None))
+                continue
             cloc = f"{loc}.coding[{i}]"
             system = self.text(c, "system", cloc)
             code = self.text(c, "code", cloc)
