@@ -144,12 +144,21 @@ def parse_date(raw: Any) -> tuple[date | None, bool]:
     complete=False. Time and zone are ignored: the calendar date as recorded counts."""
     if not isinstance(raw, str):
         return None, False
-    return _parse_date_text(raw)
+    return _parse_date_text(raw) if len(raw) <= _MAX_CACHED_TEXT else _parse_date_uncached(raw)
+
+
+#: longest text kept as a cache key (dates, units, numbers); longer text is parsed each time, so
+#: that a hostile payload cannot pin megabytes per cache entry
+_MAX_CACHED_TEXT = 64
 
 
 @lru_cache(maxsize=8192)
 def _parse_date_text(raw: str) -> tuple[date | None, bool]:
     # registries repeat the same dates endlessly: parsing each once is a measurable saving
+    return _parse_date_uncached(raw)
+
+
+def _parse_date_uncached(raw: str) -> tuple[date | None, bool]:
     m = _DATE.match(raw.strip())
     if not m:
         return None, False
@@ -172,7 +181,9 @@ def parse_number(raw: Any) -> Fraction | None:
     if t is float:
         return _float_number(repr(raw))
     if t is str:
-        return _text_number(raw)
+        # (only short text reaches the cache: a long one is no number anyway, and must not pin
+        # megabytes of a hostile payload in memory)
+        return _text_number(raw) if len(raw) <= 40 else None
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
@@ -180,7 +191,7 @@ def parse_number(raw: Any) -> Fraction | None:
     if isinstance(raw, float):
         return _float_number(repr(float(raw)))
     if isinstance(raw, str):
-        return _text_number(str(raw))
+        return _text_number(str(raw)) if len(raw) <= 40 else None
     return None
 
 
@@ -370,7 +381,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         prep.issue(loc, "status", f"status {status!r}: not used", name)
         return
     raw_date = get("date")
-    day = _parse_date_text(raw_date)[0] if isinstance(raw_date, str) else None
+    day = parse_date(raw_date)[0]
     stamp = str(raw_date) if day is not None else ""
     if day is not None and day > prep.as_of:
         prep.issue(f"{loc}.date", "after_as_of",
@@ -467,9 +478,14 @@ def _short(x: Any) -> str:
 
 def _key(x: Any) -> Any:
     """A cache key that tells apart what equality does not (1, 1.0, True, "1"; 0.0 and -0.0
-    print differently), or `_UNCACHED` for values whose messages could differ."""
+    print differently), or `_UNCACHED` for values whose messages could differ and for long
+    text (see `_MAX_CACHED_TEXT`)."""
     t = type(x)
-    if t is str or t is int or x is None:
+    if t is str:
+        return x if len(x) <= _MAX_CACHED_TEXT else _UNCACHED
+    if t is int:
+        return x if -_MAX_CACHED_INT < x < _MAX_CACHED_INT else _UNCACHED
+    if x is None:
         return x
     if t is float:
         return ("float", repr(x))
@@ -477,6 +493,7 @@ def _key(x: Any) -> Any:
 
 
 _UNCACHED = object()
+_MAX_CACHED_INT = 10**18
 #: (element, value, unit, has range, range high, range unit) -> _QuantityResult
 _QUANTITIES: dict[tuple[Any, ...], _QuantityResult] = {}
 _QUANTITIES_MAX = 200_000
@@ -510,10 +527,7 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
         has_rr = True
         high = rr.get("high")
         rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
-    key = (el.name, raw if raw.__class__ is int or raw.__class__ is str else _key(raw),
-           unit_raw if unit_raw.__class__ is str else _key(unit_raw), has_rr,
-           high if high.__class__ is int or high.__class__ is str else _key(high),
-           rr_unit if rr_unit.__class__ is str else _key(rr_unit))
+    key = (el.name, _key(raw), _key(unit_raw), has_rr, _key(high), _key(rr_unit))
     hit = None if _UNCACHED in key else _QUANTITIES.get(key)
     if hit is not None:
         res = hit

@@ -280,3 +280,25 @@ def test_complete_review_proves_absence_only_when_every_record_is_placed(
     if verdict == "unknown":
         (m,) = c["missing"]
         assert "more specific form" in m["reason"] and "conditions[0]" in m["reason"]
+
+
+def test_long_text_and_huge_numbers_never_become_cache_keys(screener: Screener) -> None:
+    """Normalisation caches are keyed by value text: a hostile payload of long strings or
+    enormous integers must be parsed (and refused) without being pinned in memory."""
+    from screener import normalize
+    normalize._QUANTITIES.clear()
+    normalize._text_number.cache_clear()
+    normalize._parse_date_text.cache_clear()
+    long_text = "1" * 5000
+    p = {"observations": [
+        {**ALT, "value": long_text},
+        {**ALT, "value": 10**4000, "date": "2026-11-19"},
+        {**ALT, "value": 50, "unit": "U/L" + " " * 5000, "date": "2026-11-18"},
+        {**ALT, "value": 50, "date": "2026-11-17" + "T" + "0" * 5000},
+    ]}
+    r = verdicts(screener, p)
+    assert r["inc_liver_transaminases"]["verdict"] == "unknown"
+    keys = list(normalize._QUANTITIES)
+    assert all(len(repr(k)) < 500 for k in keys), keys
+    assert normalize._text_number.cache_info().currsize == 0
+    assert normalize._parse_date_text.cache_info().currsize <= 3
