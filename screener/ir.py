@@ -170,5 +170,7 @@ def slots_of(trial: Trial) -> list[Slot]:
         for leaf in leaves(c.logic) + leaves(c.applies_if):
             seen.setdefault(leaf.slot.key, leaf.slot)
     out = [seen[k] for k in sorted(seen)]
+    if len(_SLOTS) >= 256:  # rule reloads leave old trials behind: keep this bounded
+        _SLOTS.clear()
     _SLOTS[id(trial)] = (trial, out)
     return out

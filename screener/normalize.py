@@ -783,6 +783,8 @@ def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
         ck = (slot.key, trial.review_max_age_days,
               repr(trial.site_uln) if slot.mode == "uln" else "", detail)
         plan.append((slot, slot.key, ck, how, head))
+    if len(_PLANS) >= 256:  # rule reloads leave old trials behind: keep this bounded
+        _PLANS.clear()
     _PLANS[(id(trial), detail)] = (trial, plan)
     return plan
 

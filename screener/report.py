@@ -107,6 +107,8 @@ def _plan(node: Node) -> list[tuple[str, str]]:
         if t not in lst:
             lst.append(t)
     plan = [(k, "; ".join(v)) for k, v in tests.items()]
+    if len(_PLANS) >= 8192:  # rule reloads leave old nodes behind: keep this bounded
+        _PLANS.clear()
     _PLANS[id(node)] = (node, plan)
     return plan
 
@@ -131,6 +133,8 @@ def _crit_plan(c: Criterion) -> _CritPlan:
     if hit is not None and hit[0] is c:
         return hit[1]
     plan = _CritPlan(c)
+    if len(_CRIT_PLANS) >= 4096:
+        _CRIT_PLANS.clear()
     _CRIT_PLANS[id(c)] = (c, plan)
     return plan
 
@@ -146,6 +150,8 @@ def _trial_plans(trial: Trial) -> list[tuple[Criterion, _CritPlan]]:
     if hit is not None and hit[0] is trial:
         return hit[1]
     plans = [(c, _crit_plan(c)) for c in trial.criteria]
+    if len(_TRIAL_PLANS) >= 256:
+        _TRIAL_PLANS.clear()
     _TRIAL_PLANS[id(trial)] = (trial, plans)
     return plans
 
