@@ -167,4 +167,4 @@ class Screener:
         comp = self.get(trial_id)
         if comp.ruleset is None:
             return [reference.fired(comp.trial, f) for f in facts]
-        return comp.ruleset.fired_many([dict(f) for f in facts])
+        return comp.ruleset.fired_many(f if type(f) is dict else dict(f) for f in facts)
