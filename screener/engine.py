@@ -36,7 +36,7 @@ from typing import Any
 import durable_rules_engine as _dre
 
 from .compile import djb2
-from .errors import ScreenerError
+from .errors import ScreenerError, short_repr
 
 ENGINE_VERSION = "durable_rules 2.0.28"
 _SID = "1"
@@ -86,8 +86,8 @@ def _fact_json(fact: dict[str, Any], index: int, prefix: dict[str, str] | None =
             parts.append(pre + '"' + v + '"')
             n_str += 1
         else:
-            raise EngineError(f"value of {k!r} is {_show(v)}: the engine takes only integer "
-                              "codes and short strings")
+            raise EngineError(f"value of {k!r} is {type(v).__name__} {short_repr(v, 40)}: "
+                              "the engine takes only integer codes and short strings")
     text = ",".join(parts) + "}"
     # head: 10 quotes; each prefix 2; each string value 2 more
     if text.count('"') != 8 + 2 * len(parts) + 2 * n_str or "\\" in text \
@@ -95,11 +95,6 @@ def _fact_json(fact: dict[str, Any], index: int, prefix: dict[str, str] | None =
         raise EngineError("a fact key or string value needs escaping: the engine takes only "
                           "plain printable text without quotes or backslashes")
     return text
-
-
-def _show(v: Any) -> str:
-    s = repr(v)
-    return f"{type(v).__name__} {s if len(s) <= 40 else s[:37] + '...'}"
 
 
 _LOGIC = ("$and", "$or")

@@ -85,6 +85,12 @@ class DataIssue:
         return d
 
 
+def short_repr(x: object, limit: int = 80) -> str:
+    """repr(x), cut to `limit` characters for messages."""
+    s = repr(x)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     cands = sorted(set(candidates))
     # the same characters in another order first: '=<' means '<=', not the closer-scoring '<'

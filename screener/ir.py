@@ -12,13 +12,17 @@ what durable_rules can parse.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
 
 #: numbers are carried as integers: twice the value in millionths (see `encode_number`)
 SCALE = 1_000_000
+Obj = TypeVar("Obj")
+R = TypeVar("R")
 #: largest magnitude a number may have and still be encoded (keeps codes below 2**63)
 MAX_MAGNITUDE = 10**12
 
@@ -157,20 +161,36 @@ def leaves(node: Node | None) -> list[Compare | Present]:
     return [x for p in node.parts for x in leaves(p)]
 
 
-_SLOTS: dict[int, tuple[Trial, list[Slot]]] = {}
+def per_object(limit: int) -> Callable[[Callable[[Obj], R]], Callable[[Obj], R]]:
+    """Memoise a one-argument function by the identity of its argument.
+
+    For work derived from frozen rule objects (trials, criteria, logic nodes) on hot paths:
+    hashing such an object walks it whole, so the cache is keyed by `id()` and keeps the object
+    itself, which both guards against a reused id and keeps the entry valid. Rule reloads leave
+    old objects behind, so the cache is emptied when it reaches `limit` entries.
+    """
+    def wrap(fn: Callable[[Obj], R]) -> Callable[[Obj], R]:
+        cache: dict[int, tuple[Obj, R]] = {}
+
+        @functools.wraps(fn)
+        def memo(obj: Obj) -> R:
+            hit = cache.get(id(obj))
+            if hit is not None and hit[0] is obj:
+                return hit[1]
+            value = fn(obj)
+            if len(cache) >= limit:
+                cache.clear()
+            cache[id(obj)] = (obj, value)
+            return value
+        return memo
+    return wrap
 
 
+@per_object(256)
 def slots_of(trial: Trial) -> list[Slot]:
     """Every slot the trial's rules read, sorted by key (cached per trial object)."""
-    hit = _SLOTS.get(id(trial))
-    if hit is not None and hit[0] is trial:
-        return hit[1]
     seen: dict[str, Slot] = {}
     for c in trial.criteria:
         for leaf in leaves(c.logic) + leaves(c.applies_if):
             seen.setdefault(leaf.slot.key, leaf.slot)
-    out = [seen[k] for k in sorted(seen)]
-    if len(_SLOTS) >= 256:  # rule reloads leave old trials behind: keep this bounded
-        _SLOTS.clear()
-    _SLOTS[id(trial)] = (trial, out)
-    return out
+    return [seen[k] for k in sorted(seen)]

@@ -43,8 +43,8 @@ from .elements import (
     condition_for,
     normalise_unit,
 )
-from .errors import DataIssue, PatientDataError, did_you_mean
-from .ir import Slot, Trial, encode_number, slots_of
+from .errors import DataIssue, PatientDataError, did_you_mean, short_repr
+from .ir import Slot, Trial, encode_number, per_object, slots_of
 
 MAX_ENTRIES = 50_000
 _LOINC = by_loinc()
@@ -393,8 +393,8 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
                   f"{loc}.date")
         return
     if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
-        _unusable(prep, name, day, stamp, loc, "status", f"status {_short(status)} is not final",
-                  loc)
+        _unusable(prep, name, day, stamp, loc, "status",
+                  f"status {short_repr(status)} is not final", loc)
         return
     source = str(get("source") or loc)
     raw = get("value")
@@ -468,12 +468,7 @@ def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) 
             prep.suspect.setdefault(close, []).append(f"{loc} has unknown element {el!r}")
         return
     prep.issue(loc, "unmapped", f"{what} code not used by any rule: "
-               f"{_short(item.get('code') or item.get('codes'))}")
-
-
-def _short(x: Any) -> str:
-    s = repr(x)
-    return s if len(s) <= 80 else s[:77] + "..."
+               f"{short_repr(item.get('code') or item.get('codes'))}")
 
 
 def _key(x: Any) -> Any:
@@ -760,17 +755,17 @@ def fill(prep: Prepared, trial: Trial, detail: bool = True) -> Facts:
 
 _READING, _PRESENT, _DAYS, _AGE, _SEX = range(5)
 _PlanEntry = tuple[Slot, str, tuple[Any, ...], int, dict[str, Any]]
-_PLANS: dict[tuple[int, bool], tuple[Trial, list[_PlanEntry]]] = {}
-
-
 def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
-    """Per slot of the trial, computed once per trial object: the slot, its key, the cache key
-    (everything its filling depends on besides the record, so trials screened with the same
-    record share filled slots), how to fill it, and the evidence every filling starts from."""
-    hit = _PLANS.get((id(trial), detail))
-    if hit is not None and hit[0] is trial:
-        return hit[1]
-    plan: list[_PlanEntry] = []
+    return _plans(trial)[detail]
+
+
+@per_object(256)
+def _plans(trial: Trial) -> dict[bool, list[_PlanEntry]]:
+    """Per slot of the trial, computed once per trial object (with and without detail): the
+    slot, its key, the cache key (everything its filling depends on besides the record, so
+    trials screened with the same record share filled slots), how to fill it, and the evidence
+    every filling starts from."""
+    plans: dict[bool, list[_PlanEntry]] = {False: [], True: []}
     for slot in slots_of(trial):
         how = (_PRESENT if slot.mode == "present" else _DAYS if slot.mode == "days"
                else _AGE if slot.element == ("age",) else _SEX if slot.element == ("sex",)
@@ -778,15 +773,13 @@ def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
         head: dict[str, Any] = {"element": "+".join(slot.element)}
         if slot.within_days is not None:
             head["window_days"] = slot.within_days
-        # the site ULNs by their text: hashing the Fractions themselves on every lookup was a
-        # measurable share of fill
-        ck = (slot.key, trial.review_max_age_days,
-              repr(trial.site_uln) if slot.mode == "uln" else "", detail)
-        plan.append((slot, slot.key, ck, how, head))
-    if len(_PLANS) >= 256:  # rule reloads leave old trials behind: keep this bounded
-        _PLANS.clear()
-    _PLANS[(id(trial), detail)] = (trial, plan)
-    return plan
+        for detail, plan in plans.items():
+            # the site ULNs by their text: hashing the Fractions themselves on every lookup
+            # was a measurable share of fill
+            ck = (slot.key, trial.review_max_age_days,
+                  repr(trial.site_uln) if slot.mode == "uln" else "", detail)
+            plan.append((slot, slot.key, ck, how, head))
+    return plans
 
 
 def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:

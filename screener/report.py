@@ -22,7 +22,7 @@ import orjson
 
 from .compile import rule_names
 from .errors import DataIssue, ScreenerError, did_you_mean
-from .ir import Compare, Criterion, Node, Present, Trial, leaves
+from .ir import Compare, Criterion, Node, Present, Trial, leaves, per_object
 
 MAX_ISSUES = 200
 _SYMBOL = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "=", "!=": "!=", "in": "in",
@@ -92,25 +92,16 @@ def _test(leaf: Compare | Present) -> str:
     return f"{el} {_SYMBOL[leaf.op]} {leaf.shown}{win}"
 
 
-_PLANS: dict[int, tuple[Node, list[tuple[str, str]]]] = {}
-
-
+@per_object(8192)
 def _plan(node: Node) -> list[tuple[str, str]]:
     """(slot key, tests made on it) per slot a logic tree reads; cached per node object."""
-    hit = _PLANS.get(id(node))
-    if hit is not None and hit[0] is node:
-        return hit[1]
     tests: dict[str, list[str]] = {}
     for leaf in leaves(node):
         t = _test(leaf)
         lst = tests.setdefault(leaf.slot.key, [])
         if t not in lst:
             lst.append(t)
-    plan = [(k, "; ".join(v)) for k, v in tests.items()]
-    if len(_PLANS) >= 8192:  # rule reloads leave old nodes behind: keep this bounded
-        _PLANS.clear()
-    _PLANS[id(node)] = (node, plan)
-    return plan
+    return [(k, "; ".join(v)) for k, v in tests.items()]
 
 
 class _CritPlan:
@@ -125,35 +116,13 @@ class _CritPlan:
         self.applies = _plan(c.applies_if) if c.applies_if is not None else []
 
 
-_CRIT_PLANS: dict[int, tuple[Criterion, _CritPlan]] = {}
-
-
-def _crit_plan(c: Criterion) -> _CritPlan:
-    hit = _CRIT_PLANS.get(id(c))
-    if hit is not None and hit[0] is c:
-        return hit[1]
-    plan = _CritPlan(c)
-    if len(_CRIT_PLANS) >= 4096:
-        _CRIT_PLANS.clear()
-    _CRIT_PLANS[id(c)] = (c, plan)
-    return plan
-
-
+_crit_plan = per_object(4096)(_CritPlan)
 _EMPTY: dict[str, Any] = {}
 
 
-_TRIAL_PLANS: dict[int, tuple[Trial, list[tuple[Criterion, _CritPlan]]]] = {}
-
-
+@per_object(256)
 def _trial_plans(trial: Trial) -> list[tuple[Criterion, _CritPlan]]:
-    hit = _TRIAL_PLANS.get(id(trial))
-    if hit is not None and hit[0] is trial:
-        return hit[1]
-    plans = [(c, _crit_plan(c)) for c in trial.criteria]
-    if len(_TRIAL_PLANS) >= 256:
-        _TRIAL_PLANS.clear()
-    _TRIAL_PLANS[id(trial)] = (trial, plans)
-    return plans
+    return [(c, _crit_plan(c)) for c in trial.criteria]
 
 
 def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, Any]],
