@@ -35,24 +35,13 @@ JSON = "application/json"
 
 # ---- strict JSON ----------------------------------------------------------------------------
 
-class _Constant(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _Constant(name)
-
-
 def parse_json_strict(raw: bytes) -> Any:
-    """json.loads, refusing NaN / Infinity (Python's json accepts them; JSON does not, and a NaN
-    lab value must never reach a comparison) and reporting where the text is broken."""
-    doc = jsonfast.loads(raw)
-    if doc is not jsonfast.FALLBACK:
-        return doc
+    """Strict JSON (`screener.jsonfast.loads_strict`: NaN / Infinity refused), with errors as
+    located 422 records saying where the text is broken."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except _Constant as e:
-        raise invalid(["body"], f"{e} is not valid JSON (JSON has no NaN or Infinity)",
+        return jsonfast.loads_strict(raw)
+    except jsonfast.ConstantError as e:
+        raise invalid(["body"], f"{e.name} is not valid JSON (JSON has no NaN or Infinity)",
                       "json_invalid") from None
     except json.JSONDecodeError as e:
         raise invalid(["body", e.pos], f"invalid JSON at line {e.lineno} column {e.colno}: "

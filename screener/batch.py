@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import __version__, jsonfast
-from .cli import DEFAULT_RULES, iso_date, register
+from .cli import DEFAULT_RULES, iso_date, register, to_patient
 from .compile import rule_names
 from .errors import PatientDataError, ScreenerError, did_you_mean
 from .ir import Criterion, leaves
@@ -407,17 +407,11 @@ def _unit(chunk: Chunk) -> str:
     return "line" if chunk.kind == "ndjson" else "record"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _parse_line(raw: bytes) -> tuple[Any, dict[str, str] | None]:
     if len(raw) > MAX_LINE_BYTES:
         return None, {"code": "too_large", "reason": f"line longer than {MAX_LINE_BYTES} bytes"}
-    doc = jsonfast.loads(raw)
     try:
-        if doc is jsonfast.FALLBACK:
-            doc = json.loads(raw, parse_constant=_reject_constant)
+        doc = jsonfast.loads_strict(raw)
     except (ValueError, RecursionError) as e:
         # strict JSON: NaN / Infinity are refused here rather than reaching the normalizer
         return None, {"code": "json_invalid", "reason": f"invalid JSON: {e}"}
@@ -428,12 +422,10 @@ def _parse_line(raw: bytes) -> tuple[Any, dict[str, str] | None]:
 
 
 def _adapt(doc: dict[str, Any]) -> tuple[Any, list[dict[str, str]], dict[str, str] | None]:
-    """Canonical patient as is; a FHIR Bundle / resource through the FHIR adapter."""
-    if "resourceType" not in doc:
-        return doc, [], None
+    """Canonical patient as is; a FHIR Bundle / resource through the FHIR adapter (as the CLI
+    reads a patient file), with a failing bundle as one bad record."""
     try:
-        from .adapters.fhir import bundle_to_patient
-        patient, issues = bundle_to_patient(doc)
+        patient, issues = to_patient(doc)
     except ScreenerError as e:
         return None, [], {"code": "fhir_error", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - one odd bundle must not end a long run

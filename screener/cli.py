@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import IO, Any
 
-from . import __version__
+from . import __version__, jsonfast
 from .errors import PatientDataError, RuleFileError, ScreenerError
 from .report import AttestationError, dumps, table
 from .screen import Screener, check_file, rule_files
@@ -40,10 +40,6 @@ def iso_date(s: str) -> date:
         raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {s!r}") from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_json(path: str) -> Any:
     """Strict JSON (NaN / Infinity refused), size-limited; raises PatientDataError."""
     try:
@@ -57,7 +53,7 @@ def read_json(path: str) -> Any:
     if len(raw) > MAX_PATIENT_BYTES:
         raise PatientDataError((), f"{path} is larger than {MAX_PATIENT_BYTES} bytes", "too_large")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return jsonfast.loads_strict(raw)
     except (ValueError, RecursionError) as e:
         raise PatientDataError((), f"{path} is not valid JSON: {e}", "json_invalid") from None
 
