@@ -534,31 +534,26 @@ def iter_chunks(inp: Input, chunk_size: int, mapping: Any,
 
     Chunk k of an input always holds items k*size+1 .. (k+1)*size, so ids are stable across runs;
     a done chunk is still read past (to keep counting) but neither parsed nor shipped."""
+    def cut(items: Iterator[Any], kind: str, pack: Callable[[list[Any]], Any]
+            ) -> Iterator[tuple[Chunk | None, str, int]]:
+        for k in itertools.count():
+            part = list(itertools.islice(items, chunk_size))
+            if not part:
+                return
+            cid = chunk_id(inp.index, k)
+            if skip(cid):
+                yield None, cid, len(part)
+                continue
+            yield (Chunk(cid, inp.index, inp.path, k * chunk_size + 1, kind, len(part),
+                         pack(part)), cid, len(part))
+
     if inp.kind == "ndjson":
         with _open_binary(inp.path) as fh:
-            for k in itertools.count():
-                lines = list(itertools.islice(fh, chunk_size))
-                if not lines:
-                    return
-                cid = chunk_id(inp.index, k)
-                if skip(cid):
-                    yield None, cid, len(lines)
-                    continue
-                yield (Chunk(cid, inp.index, inp.path, k * chunk_size + 1, "ndjson", len(lines),
-                             b"".join(lines)), cid, len(lines))
+            yield from cut(fh, "ndjson", b"".join)
         return
     from .adapters.tabular import iter_patients
-    records = iter_patients(mapping, inp.base_dir)
-    for k in itertools.count():
-        batch = list(itertools.islice(records, chunk_size))
-        if not batch:
-            return
-        cid = chunk_id(inp.index, k)
-        if skip(cid):
-            yield None, cid, len(batch)
-            continue
-        yield (Chunk(cid, inp.index, inp.path, k * chunk_size + 1, "records", len(batch),
-                     [(w, p, list(i)) for w, p, i in batch]), cid, len(batch))
+    yield from cut(iter_patients(mapping, inp.base_dir), "records",
+                   lambda batch: [(w, p, list(i)) for w, p, i in batch])
 
 
 def _file_info(path: str) -> dict[str, Any]:
