@@ -932,14 +932,13 @@ def finalize(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     os.replace(tmp, out / "errors.jsonl")
     manifest["complete"] = True
     manifest["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    ids = patient_id_check(out, manifest["format"])
-    summary = summarise(out, manifest, error_counts=kinds, ids=ids)
+    summary, repeated = _summarise(out, manifest, error_counts=kinds)
     atomic_write(out / "summary.json", _json_bytes(summary))
     atomic_write(out / "counts.csv", _counts_csv(summary).encode())
     atomic_write(out / "funnel.csv", _funnel_csv(summary).encode())
     atomic_write(out / "blocked.csv", _blocked_csv(summary).encode())
     atomic_write(out / "duplicates.csv", _csv_text(
-        [("patient_id", "record")] + [(pid, src) for pid, srcs in ids["all"].items()
+        [("patient_id", "record")] + [(pid, src) for pid, srcs in repeated.items()
                                       for src in srcs]).encode())
     atomic_write(out / "report.html", render_html(summary).encode())
     atomic_write(out / "manifest.json", _json_bytes(manifest))
@@ -1138,58 +1137,71 @@ def resolve_what_if(trials: list[dict[str, Any]], without: Sequence[str],
 DUPLICATE_EXAMPLES = 20
 
 
-def patient_id_check(out: Path, fmt: str) -> dict[str, Any]:
+class _IdCheck:
     """Screened records without a patient id, and ids on more than one record.
 
     Every record is screened and counted as it stands (nothing is dropped or merged: the two
     records of one id may differ, and only the coordinator can say which is right), so a
     registry export with repeated patients would overstate the funnel; the summary says so.
-    Memory stays small at registry scale: pass 1 keeps one 64-bit hash per id (pyarrow sorts
-    them), pass 2 collects the records of the few ids whose hash repeats and drops hash
-    collisions by comparing the ids themselves. `all` lists every duplicated id with its
-    records (for duplicates.csv); `examples` the first few.
+    Memory stays small at registry scale: while the summary reads the matrix, one 64-bit hash
+    per id is kept (pyarrow sorts them); only when a hash repeats is the matrix read again, for
+    the records of those few ids, and hash collisions are dropped by comparing the ids.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    without_id = 0
-    hashes: list[pa.Array] = []
-    for t in read_matrix(out, fmt, columns=["patient_id"]):
+
+    def __init__(self) -> None:
+        self.without_id = 0
+        self.hashes: list[Any] = []
+
+    def add(self, t: pa.Table) -> None:
+        import pyarrow as pa
         col = t.column("patient_id")
-        without_id += col.null_count
-        hashes.append(pa.array([hash(x) for x in col.to_pylist() if x is not None],
-                               pa.int64()))
-    dup: set[int] = set()
-    arr = pa.concat_arrays(hashes) if hashes else pa.array([], pa.int64())
-    if len(arr) > 1:
-        srt = pc.take(arr, pc.sort_indices(arr))
-        same = pc.equal(srt.slice(1), srt.slice(0, len(srt) - 1))
-        dup = set(pc.unique(pc.filter(srt.slice(1), same)).to_pylist())
-    where: dict[str, list[str]] = {}
-    if dup:
-        for t in read_matrix(out, fmt, columns=["patient_id", "source"]):
-            for pid, src in zip(t.column("patient_id").to_pylist(),
-                                t.column("source").to_pylist(), strict=True):
-                if pid is not None and hash(pid) in dup:
-                    where.setdefault(pid, []).append(src)
-    repeated = {k: v for k, v in sorted(where.items()) if len(v) > 1}
-    return {"without_id": without_id, "duplicated_ids": len(repeated),
-            "records_with_duplicated_id": sum(len(v) for v in repeated.values()),
-            "examples": [{"patient_id": k, "records": v[:10]}
-                         for k, v in list(repeated.items())[:DUPLICATE_EXAMPLES]],
-            "all": repeated}
+        self.without_id += col.null_count
+        self.hashes.append(pa.array([hash(x) for x in col.to_pylist() if x is not None],
+                                    pa.int64()))
+
+    def result(self, out: Path, fmt: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """(the summary's `patient_ids`, every duplicated id with its records)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        dup: set[int] = set()
+        arr = pa.concat_arrays(self.hashes) if self.hashes else pa.array([], pa.int64())
+        if len(arr) > 1:
+            srt = pc.take(arr, pc.sort_indices(arr))
+            same = pc.equal(srt.slice(1), srt.slice(0, len(srt) - 1))
+            dup = set(pc.unique(pc.filter(srt.slice(1), same)).to_pylist())
+        where: dict[str, list[str]] = {}
+        if dup:
+            for t in read_matrix(out, fmt, columns=["patient_id", "source"]):
+                for pid, src in zip(t.column("patient_id").to_pylist(),
+                                    t.column("source").to_pylist(), strict=True):
+                    if pid is not None and hash(pid) in dup:
+                        where.setdefault(pid, []).append(src)
+        repeated = {k: v for k, v in sorted(where.items()) if len(v) > 1}
+        return {"without_id": self.without_id, "duplicated_ids": len(repeated),
+                "records_with_duplicated_id": sum(len(v) for v in repeated.values()),
+                "examples": [{"patient_id": k, "records": v[:10]}
+                             for k, v in list(repeated.items())[:DUPLICATE_EXAMPLES]]}, repeated
 
 
 def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
               order: Sequence[str] = (),
-              error_counts: dict[str, int] | None = None,
-              ids: dict[str, Any] | None = None) -> dict[str, Any]:
+              error_counts: dict[str, int] | None = None) -> dict[str, Any]:
     """Counts, attrition funnel and blocked-by tallies recomputed from the stored matrix."""
+    return _summarise(out, manifest, without, order, error_counts)[0]
+
+
+def _summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
+               order: Sequence[str] = (), error_counts: dict[str, int] | None = None
+               ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """`summarise`, and every duplicated patient id with its records (for duplicates.csv)."""
     trials = manifest["trials"]
     plan = resolve_what_if(trials, without, order)
     tallies = {t["id"]: _TrialTally(t["id"], t["criteria"], *plan[t["id"]]) for t in trials}
+    ids = _IdCheck()
     total_rows = 0
     for t in read_matrix(out, manifest["format"]):
         total_rows += t.num_rows
+        ids.add(t)
         for tally in tallies.values():
             tally.add(t)
     if error_counts is None:
@@ -1199,8 +1211,7 @@ def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
             with open(epath, "rb") as fh:
                 for line in fh:
                     error_counts["record" if b'"kind": "record"' in line else "value"] += 1
-    if ids is None:
-        ids = patient_id_check(out, manifest["format"])
+    id_summary, repeated = ids.result(out, manifest["format"])
     return {
         "screener": manifest.get("screener"),
         "as_of": manifest["as_of"],
@@ -1210,10 +1221,10 @@ def summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
         "records": {"total": total_rows + error_counts["record"], "screened": total_rows,
                     "not_screened": error_counts["record"],
                     "value_issues": error_counts["value"]},
-        "patient_ids": {k: v for k, v in ids.items() if k != "all"},
+        "patient_ids": id_summary,
         "what_if": {"without": list(without), "order": list(order)},
         "trials": [tallies[t["id"]].result(t) for t in trials],
-    }
+    }, repeated
 
 
 # ---- rendering -------------------------------------------------------------------------------
