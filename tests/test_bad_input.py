@@ -18,6 +18,9 @@ from screener.screen import Screener
 AS_OF = date(2026, 11, 22)
 T = "NCT06930105"
 ALT = {"element": "alt", "unit": "U/L", "reference_range": {"high": 40}, "date": "2026-11-20"}
+#: a normal AST beside the ALT under test (the transaminase criterion reads both)
+AST_OK = {"element": "ast", "value": 20, "unit": "U/L", "reference_range": {"high": 40},
+          "date": "2026-11-20"}
 
 
 def verdicts(s: Screener, patient: Any) -> dict[str, Any]:
@@ -90,8 +93,7 @@ def test_conflicting_same_time_results_are_unknown(screener: Screener) -> None:
 def test_newest_in_window_wins(screener: Screener) -> None:
     p = {"observations": [{**ALT, "value": 300, "date": "2026-11-01"},
                           {**ALT, "value": 30, "date": "2026-11-20"},
-                          {"element": "ast", "value": 20, "unit": "U/L",
-                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+                          AST_OK]}
     c = verdicts(screener, p)["inc_liver_transaminases"]
     assert c["verdict"] == "met"
     alt = next(e for e in c["evidence"] if e["element"] == "alt")
@@ -200,16 +202,14 @@ def test_unreadable_exposure_is_unknown(screener: Screener, exposure: dict[str, 
 def test_retracted_result_is_ignored_and_older_one_counts(screener: Screener) -> None:
     p = {"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
                           {**ALT, "value": 500, "status": "entered-in-error"},
-                          {"element": "ast", "value": 20, "unit": "U/L",
-                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+                          AST_OK]}
     assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
 
 
 def test_future_result_is_ignored_and_older_one_counts(screener: Screener) -> None:
     p = {"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
                           {**ALT, "value": 500, "date": "2026-11-30"},
-                          {"element": "ast", "value": 20, "unit": "U/L",
-                           "reference_range": {"high": 40}, "date": "2026-11-20"}]}
+                          AST_OK]}
     assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
 
 
