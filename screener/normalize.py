@@ -130,9 +130,9 @@ class Prepared:
     #: them may be a more specific form of a catalogue condition (the SNOMED CT hierarchy is not
     #: modelled), so a complete condition review cannot prove a condition absent
     unresolved: list[str] = field(default_factory=list)
-    #: (slot key, review max age, site ULN) -> filled value and evidence, shared by the trials
-    #: screened with this record
-    filled: dict[tuple[Any, ...], tuple[int | str | None, dict[str, Any]]] = \
+    #: fill cache id of (slot key, review max age, site ULN, detail) -> filled value and
+    #: evidence, shared by the trials screened with this record
+    filled: dict[int, tuple[int | str | None, dict[str, Any]]] = \
         field(default_factory=dict)
 
     def issue(self, loc: str, code: str, msg: str, element: str | None = None) -> None:
@@ -754,7 +754,11 @@ def fill(prep: Prepared, trial: Trial, detail: bool = True) -> Facts:
 
 
 _READING, _PRESENT, _DAYS, _AGE, _SEX = range(5)
-_PlanEntry = tuple[Slot, str, tuple[Any, ...], int, dict[str, Any]]
+_PlanEntry = tuple[Slot, str, int, int, dict[str, Any]]
+#: everything a slot's filling depends on besides the record -> a small integer, the key of
+#: `Prepared.filled` (an int hashes at once; the tuple was hashed on every lookup). Grows only
+#: with distinct rule content, not with patients.
+_FILL_IDS: dict[tuple[Any, ...], int] = {}
 def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
     return _plans(trial)[detail]
 
@@ -778,7 +782,7 @@ def _plans(trial: Trial) -> dict[bool, list[_PlanEntry]]:
             # was a measurable share of fill
             ck = (slot.key, trial.review_max_age_days,
                   repr(trial.site_uln) if slot.mode == "uln" else "", detail)
-            plan.append((slot, slot.key, ck, how, head))
+            plan.append((slot, slot.key, _FILL_IDS.setdefault(ck, len(_FILL_IDS)), how, head))
     return plans
 
 

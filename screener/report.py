@@ -107,13 +107,16 @@ def _plan(node: Node) -> list[tuple[str, str]]:
 class _CritPlan:
     """What `verdict_for` needs of a criterion that does not depend on the patient."""
 
-    __slots__ = ("t", "f", "at", "af", "logic", "applies")
+    __slots__ = ("t", "f", "at", "af", "logic", "applies", "fav")
 
     def __init__(self, c: Criterion):
         names = rule_names(c.id)
         self.t, self.f, self.at, self.af = names["T"], names["F"], names["AT"], names["AF"]
         self.logic = _plan(c.logic) if c.logic is not None else []
         self.applies = _plan(c.applies_if) if c.applies_if is not None else []
+        #: the verdicts that do not stand in the patient's way, for this criterion's kind
+        self.fav = frozenset(v for v in ("met", "not_met", "unknown", "not_applicable")
+                             if favourable(c.kind, v))
 
 
 _crit_plan = per_object(4096)(_CritPlan)
@@ -133,14 +136,14 @@ def verdict_for(c: Criterion, fired: set[str], evidence: Mapping[str, dict[str, 
 def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
              evidence: Mapping[str, dict[str, Any]], attest: Mapping[str, str]
              ) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
     get = evidence.get
     # one evidence record per slot the criterion reads, naming every test made on it
     ev = [{**get(key, _EMPTY), "test": test} for key, test in plan.logic]
+    attested = None
     if c.manual:
         v = attest.get(c.id, "unknown")
         if c.id in attest:
-            entry["attested"] = v
+            attested = v
     else:
         v = _value(fired, plan.t, plan.f)
     if c.applies_if is not None:
@@ -149,20 +152,30 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
                for key, test in plan.applies]
         if a == "not_met":
             v = "not_applicable"
-        elif a == "unknown" and not favourable(c.kind, v):
+        elif a == "unknown" and v not in plan.fav:
             v = "unknown"
-    if v == "unknown" and c.on_unknown is not None:
-        entry["policy"] = {"verdict": c.on_unknown.verdict, "reason": c.on_unknown.reason}
-        v = c.on_unknown.verdict
-    entry["verdict"] = v
-    entry["favourable"] = favourable(c.kind, v)
-    entry["evidence"] = ev
+    if attested is None and (v != "unknown" or c.on_unknown is None):
+        # the usual case, written as one literal (same keys, same order as below)
+        entry = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual,
+                 "verdict": v, "favourable": v in plan.fav, "evidence": ev}
+    else:
+        entry = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
+        if attested is not None:
+            entry["attested"] = attested
+        if v == "unknown" and c.on_unknown is not None:
+            entry["policy"] = {"verdict": c.on_unknown.verdict, "reason": c.on_unknown.reason}
+            v = c.on_unknown.verdict
+        entry["verdict"] = v
+        entry["favourable"] = v in plan.fav
+        entry["evidence"] = ev
     if v == "unknown":
-        missing = sorted({(e["element"], e["missing"]) for e in ev if "missing" in e})
-        entry["missing"] = [{"element": el, "reason": why} for el, why in missing]
+        missing = [{"element": el, "reason": why}
+                   for el, why in sorted({(e["element"], e["missing"]) for e in ev
+                                          if "missing" in e})]
         if c.manual:
-            entry["missing"].append({"element": "attestation", "reason": "needs attestation "
-                                     "by the investigator"})
+            missing.append({"element": "attestation", "reason": "needs attestation by the "
+                            "investigator"})
+        entry["missing"] = missing
     return entry
 
 
@@ -172,16 +185,26 @@ def build(trial: Trial, ruleset_hash: str, fired: set[str],
     if "__rejected__" in fired:
         raise ScreenerError("the engine rejected this patient's facts")
     crits = [_verdict(c, plan, fired, evidence, attest) for c, plan in _trial_plans(trial)]
-    if any(not c["favourable"] and c["verdict"] != "unknown" for c in crits):
-        status = "ineligible"
-    elif all(c["favourable"] for c in crits):
-        status = "eligible"
-    else:
-        status = "needs_review"
-    counts = {k: sum(1 for c in crits if c["verdict"] == k)
-              for k in ("met", "not_met", "unknown", "not_applicable")}
-    missing = sorted({m["element"] for c in crits for m in c.get("missing", [])
-                      if m["element"] != "attestation"})
+    counts = {"met": 0, "not_met": 0, "unknown": 0, "not_applicable": 0}
+    against = unresolved = 0   # resolved against the patient / unknown and in the way
+    missing_set: set[str] = set()
+    pending: list[str] = []
+    for c in crits:
+        v = c["verdict"]
+        counts[v] += 1
+        if not c["favourable"]:
+            if v == "unknown":
+                unresolved += 1
+            else:
+                against += 1
+        if v == "unknown":
+            if c["manual"]:
+                pending.append(c["id"])
+            for m in c.get("missing", ()):
+                missing_set.add(m["element"])
+    missing_set.discard("attestation")
+    status = "ineligible" if against else "needs_review" if unresolved else "eligible"
+    missing = sorted(missing_set)
     uniq = sorted(set(issues))
     return {
         **meta,
@@ -189,11 +212,10 @@ def build(trial: Trial, ruleset_hash: str, fired: set[str],
                   "ruleset_hash": ruleset_hash},
         "status": status,
         "counts": counts,
-        "unresolved": sum(1 for c in crits if not c["favourable"] and c["verdict"] == "unknown"),
+        "unresolved": unresolved,
         "criteria": crits,
         "missing_data": missing,
-        "pending_attestations": [c["id"] for c in crits
-                                 if c["manual"] and c["verdict"] == "unknown"],
+        "pending_attestations": pending,
         "data_issues": [i.as_dict() for i in uniq[:MAX_ISSUES]],
         "data_issues_total": len(uniq),
     }
