@@ -27,9 +27,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Body, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -71,13 +71,14 @@ from .models import (
     TrialList,
 )
 from .reports import ReportStore
-from .service import JSON, Context, StrictJSONRoute, screen_all, screen_one
+from .service import JSON, Context, LeanJSONRoute, StrictJSONRoute, screen_all, screen_one
 from .settings import Settings
 from .state import ScreenerHolder, hashes
 
 log = logging.getLogger("api")
 
 ENGINE = f"screener {__version__} / {ENGINE_VERSION}"
+_F = TypeVar("_F", bound=Callable[..., Any])
 TrialId = Annotated[str, Path(description="trial id (NCT number)", examples=["NCT06930105"])]
 
 
@@ -85,7 +86,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody} for c in codes}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, lean_routes: bool = True) -> FastAPI:
+    """The app. `lean_routes=False` runs the screening routes through FastAPI's own request
+    handling instead of `LeanJSONRoute` (for the test that holds the two equal)."""
     holder = ScreenerHolder(settings.rules)
     metrics = Metrics()
     decisions = (DecisionLog(settings.decision_log, settings.log_salt or "")
@@ -149,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
         "replayed. Authentication: `Authorization: Bearer <api key>` or `X-API-Key`.",
         lifespan=lifespan,
         responses=_errors(401, 403),
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.router.route_class = StrictJSONRoute
     app.state.holder = holder
@@ -219,21 +223,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     # ---- screening --------------------------------------------------------------------------
 
-    @app.post("/trials/{trial_id}/screen", tags=["screening"], response_class=Response,
-              summary="Screen one patient against one trial",
-              responses={200: {"model": Report, "content": {JSON: {}}},
-                         **_errors(404, 413, 422)})
+    def screening_post(path: str, **kw: Any) -> Callable[[_F], _F]:
+        """`@app.post` for the screening routes: `LeanJSONRoute` (see api/service.py)."""
+        def register(fn: _F) -> _F:
+            app.router.add_api_route(path, fn, methods=["POST"], route_class_override=(
+                LeanJSONRoute if lean_routes else StrictJSONRoute), **kw)
+            return fn
+        return register
+
+    @screening_post("/trials/{trial_id}/screen", tags=["screening"], response_class=Response,
+                    summary="Screen one patient against one trial",
+                    responses={200: {"model": Report, "content": {JSON: {}}},
+                               **_errors(404, 413, 422)})
     async def screen_trial(trial_id: TrialId,
                            body: Annotated[ScreenRequest, Body(openapi_examples=SCREEN_EXAMPLES)]
                            ) -> Response:
         return Response(await screening.run(screen_one, ctx, trial_id, body), media_type=JSON)
 
-    @app.post("/screen", tags=["screening"], response_class=Response,
-              summary="Screen one patient against every loaded trial, ranked",
-              description="Ranked: eligible, then needs_review by fewest unresolved criteria, "
-              "then ineligible.",
-              responses={200: {"model": ScreenAllResponse, "content": {JSON: {}}},
-                         **_errors(413, 422)})
+    @screening_post("/screen", tags=["screening"], response_class=Response,
+                    summary="Screen one patient against every loaded trial, ranked",
+                    description="Ranked: eligible, then needs_review by fewest unresolved "
+                    "criteria, then ineligible.",
+                    responses={200: {"model": ScreenAllResponse, "content": {JSON: {}}},
+                               **_errors(413, 422)})
     async def screen_every_trial(
             body: Annotated[ScreenAllRequest, Body(openapi_examples=SCREEN_ALL_EXAMPLES)]
     ) -> Response:
