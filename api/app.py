@@ -43,6 +43,7 @@ from screener.engine import ENGINE_VERSION
 from screener.ir import leaves
 
 from . import cds_hooks
+from .cds_auth import CdsTrust
 from .decisions import DecisionLog
 from .errors import (
     ApiError,
@@ -149,7 +150,8 @@ def create_app(settings: Settings, lean_routes: bool = True) -> FastAPI:
         description="Screens one patient (canonical JSON or FHIR R4) against clinical-trial "
         "eligibility criteria and answers with a per-criterion report. Every report carries "
         "the ruleset hash, the input hash, `as_of` and the engine version, so a decision can be "
-        "replayed. Authentication: `Authorization: Bearer <api key>` or `X-API-Key`.",
+        "replayed. Authentication: `Authorization: Bearer <api key>` or `X-API-Key`; the CDS "
+        "Hooks service also accepts the JWT of a trusted CDS client (`SCREENER_CDS_TRUST`).",
         lifespan=lifespan,
         responses=_errors(401, 403),
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -161,9 +163,13 @@ def create_app(settings: Settings, lean_routes: bool = True) -> FastAPI:
     app.state.reports = store
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    trust = (CdsTrust.from_file(settings.cds_trust)
+             if settings.cds_trust and settings.auth_enabled else None)
     app.add_middleware(ServiceMiddleware, api_keys=settings.api_keys,
                        auth=settings.auth_enabled, max_body=settings.max_body_bytes,
-                       metrics=metrics)
+                       metrics=metrics, cds_trust=trust,
+                       cds_paths=frozenset({f"/cds-services/{cds_hooks.SERVICE_ID}"}),
+                       public_url=settings.public_url)
     if settings.cors_origins:
         # added last, so it is the outer layer: a browser's preflight (OPTIONS, no credentials)
         # is answered here and never reaches authentication

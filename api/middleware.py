@@ -26,6 +26,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .cds_auth import CdsTrust, looks_like_jwt
 from .errors import body_too_large, internal_error_records, log_internal_error, record
 from .metrics import Metrics
 
@@ -49,18 +50,33 @@ def _json(status: int, records: list[dict[str, Any]],
 
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], auth: bool,
-                 max_body: int, metrics: Metrics):
+                 max_body: int, metrics: Metrics, cds_trust: CdsTrust | None = None,
+                 cds_paths: frozenset[str] = frozenset(), public_url: str | None = None):
         self.app = app
         self.keys = tuple(k.encode() for k in api_keys)
         self.auth = auth
         self.max_body = max_body
         self.metrics = metrics
+        #: CDS Hooks: on `cds_paths` (POST), a JWT signed by a trusted CDS client is accepted
+        #: besides an API key (api/cds_auth.py)
+        self.cds_trust = cds_trust
+        self.cds_paths = cds_paths
+        self.public_url = public_url
 
     def _is_public(self, method: str, path: str) -> bool:
         return (path in PUBLIC_PATHS or (path in PUBLIC_GET and method in ("GET", "HEAD"))
                 or path.startswith(PUBLIC_PREFIXES))
 
-    def _credential_error(self, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+    def _audience(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        """This service's URL as a CDS client addresses it (the JWT's `aud`)."""
+        path = str(scope.get("root_path", "")) + str(scope["path"])
+        if self.public_url:
+            return self.public_url + path
+        host = headers.get(b"host", b"").decode("latin-1")
+        return f"{scope.get('scheme', 'http')}://{host}{path}"
+
+    def _credential_error(self, headers: dict[bytes, bytes], scope: Scope | None = None
+                          ) -> tuple[int, str, str] | None:
         given: bytes | None = headers.get(b"x-api-key")
         authz = headers.get(b"authorization")
         if given is None and authz is not None:
@@ -75,7 +91,13 @@ class ServiceMiddleware:
         ok = False
         for k in self.keys:
             ok |= hmac.compare_digest(k, given)
-        return None if ok else (403, "forbidden", "the API key is not valid")
+        if ok:
+            return None
+        if (self.cds_trust is not None and scope is not None and authz is not None
+                and scope["path"] in self.cds_paths and looks_like_jwt(given)):
+            why = self.cds_trust.verify(given.decode("latin-1"), self._audience(scope, headers))
+            return None if why is None else (401, "unauthorized", f"CDS Hooks JWT rejected: {why}")
+        return 403, "forbidden", "the API key is not valid"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,7 +125,7 @@ class ServiceMiddleware:
         try:
             headers = dict(scope["headers"])
             if self.auth and not self._is_public(method, path):
-                err = self._credential_error(headers)
+                err = self._credential_error(headers, scope)
                 if err is not None:
                     code, type_, msg = err
                     extra = [(b"www-authenticate", b"Bearer")] if code == 401 else []

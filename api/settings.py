@@ -70,6 +70,9 @@ class Settings:
     #: young objects less often (on by default from the environment; off for apps built in
     #: tests). Measured on a 50-resource FHIR Bundle: about 11% less CPU per screen.
     tune_gc: bool = False
+    #: CDS Hooks: a JSON file naming the CDS clients (EHRs) whose signed JWTs the CDS service
+    #: accepts, with their public keys (api/cds_auth.py); None: API keys only
+    cds_trust: str | None = None
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -92,6 +95,12 @@ class Settings:
         if self.public_url is not None and not self.public_url.startswith(("http://",
                                                                            "https://")):
             raise SettingsError("SCREENER_PUBLIC_URL must be an absolute http(s) URL")
+        if self.cds_trust is not None:
+            from .cds_auth import CdsTrust, TrustError
+            try:
+                CdsTrust.from_file(self.cds_trust)   # refuse to start on a broken file
+            except TrustError as e:
+                raise SettingsError(f"SCREENER_CDS_TRUST: {e}") from None
 
     @property
     def auth_enabled(self) -> bool:
@@ -139,4 +148,5 @@ class Settings:
                                if o.strip()),
             supervisor_pid=int(sup) if sup and sup.isdigit() else None,
             tune_gc=gc_tuning in ("1", "true", "yes"),
+            cds_trust=text("SCREENER_CDS_TRUST"),
         )

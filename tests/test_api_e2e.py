@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from api.localserver import LocalServer
 from screener.report import dumps
@@ -67,11 +69,18 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+EHR_ISS = "https://ehr.e2e.example.org"
+EHR_KEY = ec.generate_private_key(ec.SECP384R1())
+
+
 @pytest.fixture(scope="module")
 def server(rules_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     logdir = tmp_path_factory.mktemp("log")
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EHR_KEY.public_key()))
+    trust = logdir / "cds-trust.json"
+    trust.write_text(json.dumps({"clients": [{"iss": EHR_ISS, "jwks": {"keys": [jwk]}}]}))
     env = {"SCREENER_RULES": str(rules_dir), "SCREENER_API_KEYS": KEY,
-           "SCREENER_MAX_BODY_BYTES": str(MAX_BODY),
+           "SCREENER_MAX_BODY_BYTES": str(MAX_BODY), "SCREENER_CDS_TRUST": str(trust),
            "SCREENER_DECISION_LOG": str(logdir / "decisions.jsonl"), "SCREENER_LOG_SALT": SALT}
     with LocalServer(env) as srv:
         srv.decision_log = logdir / "decisions.jsonl"  # type: ignore[attr-defined]
@@ -173,6 +182,28 @@ def test_cds_hooks_discovery_and_patient_view(client: httpx.Client) -> None:
     assert r.status_code == 200
     (card,) = r.json()["cards"]
     assert "prefetch" in card["summary"].lower()
+
+
+def test_cds_hooks_call_signed_by_a_trusted_ehr(client: httpx.Client,
+                                               server: LocalServer) -> None:
+    """What an EHR sends: a short-lived ES384 JWT for this service's URL, not an API key."""
+    now = int(time.time())
+    aud = f"{server.url}/cds-services/trial-screening"
+    token = jwt.encode({"iss": EHR_ISS, "sub": "ehr-client", "aud": aud, "iat": now,
+                        "exp": now + 60, "jti": "e2e-1"}, EHR_KEY, algorithm="ES384")
+    call = {"hook": "patient-view", "hookInstance": "5d0c9a3e-2222-4b8e-9d5e-1f2a3b4c5d6e",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1",
+                                     "birthDate": "1985-03-14", "gender": "female"}}}
+    auth = {"Authorization": f"Bearer {token}"}
+    r = client.post("/cds-services/trial-screening", headers=auth, json=call)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["cards"]) == 2
+    r = client.post("/cds-services/trial-screening", headers=auth, json=call)   # replayed
+    assert r.status_code == 401 and "replayed" in r.json()["detail"][0]["msg"]
+    r = client.post(f"/trials/{TRIAL}/screen", headers=auth,                    # not a key
+                    json={"patient": PATIENT, "as_of": AS_OF})
+    assert r.status_code == 403
 
 
 def test_unauthenticated_and_wrong_key(client: httpx.Client) -> None:
