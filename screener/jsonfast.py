@@ -3,10 +3,14 @@
 Position: used where patient documents arrive as text (the API body, registry NDJSON lines).
 orjson parses a 50-resource FHIR Bundle in about half the time of `json.loads`. It is used only
 where the two agree: whenever orjson refuses a document (NaN / Infinity literals, numbers beyond
-double range, lone surrogates, nesting deeper than 1024, text that is not UTF-8), or the text
-holds a run of 19 or more digits (orjson turns integers beyond 64 bits into floats, silently;
-such an id or value must stay exactly what was sent), the standard library parses instead, with
-its own error messages. Duplicate keys: both keep the last.
+double range, lone surrogates, nesting deeper than 1024, text that is not UTF-8), or an integer
+may have overflowed (orjson turns integers beyond 64 bits into floats, silently; such an id or
+value must stay exactly what was sent), the standard library parses instead, with its own error
+messages. Duplicate keys: both keep the last.
+
+Overflow test: such an integer is a run of 19 or more digits outside any string. A long digit
+run inside a string (a FHIR narrative quoting a 19-digit seed or identifier: Synthea writes one
+into every Patient's text) does not send the whole document to the slower parser.
 
 `loads_strict` is what callers use; `loads` is its fast half, exposed for the tests.
 """
@@ -14,12 +18,15 @@ its own error messages. Duplicate keys: both keep the last.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-_LONG_DIGITS = re.compile(rb"\d{19}")
+#: every ASCII digit -> "0", every other byte -> "x": a run of 19 digits becomes 19 zeros, found
+#: by a plain substring search (about 15x faster than the regex \d{19} on a 50 KB FHIR Bundle,
+#: which scanned the whole text in about 1.3 ms when nothing matched)
+_DIGIT_MAP = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
+_RUN = b"0" * 19
 #: returned when the caller must parse with the standard library
 FALLBACK = object()
 
@@ -30,9 +37,42 @@ def loads(raw: bytes) -> Any:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return FALLBACK
-    if _LONG_DIGITS.search(raw):
+    if _number_may_overflow(raw):
         return FALLBACK
     return doc
+
+
+#: more long digit runs than this: the standard library decides (no search for their context)
+_MAX_RUNS = 16
+
+
+def _number_may_overflow(raw: bytes) -> bool:
+    """Whether a run of 19 or more digits stands outside a string, i.e. in a number token.
+
+    Inside or outside is the parity of the unescaped quotes before the run: escaped backslashes
+    are dropped first, then escaped quotes (JSON escapes read left to right), and the text is
+    valid JSON here (orjson parsed it), so no backslash stands outside a string.
+    """
+    shape = raw.translate(_DIGIT_MAP)
+    pos = shape.find(_RUN)
+    inside = False
+    last = 0
+    runs = 0
+    while pos >= 0:
+        runs += 1
+        if runs > _MAX_RUNS:
+            return True
+        seg = raw[last:pos].replace(b"\\\\", b"").replace(b'\\"', b"")
+        if seg.count(b'"') % 2:
+            inside = not inside
+        if not inside:
+            return True
+        end = shape.find(b"x", pos)   # the first byte after this run of digits
+        if end < 0:
+            return False
+        last = pos
+        pos = shape.find(_RUN, end)
+    return False
 
 
 class ConstantError(ValueError):
