@@ -109,8 +109,11 @@ class LeanJSONRoute(StrictJSONRoute):
 
     def get_route_handler(self) -> Any:
         dependant = self.dependant
+        special = (dependant.request_param_name, dependant.websocket_param_name,
+                   dependant.http_connection_param_name, dependant.response_param_name,
+                   dependant.background_tasks_param_name, dependant.security_scopes_param_name)
         if (len(dependant.body_params) != 1 or dependant.query_params or dependant.header_params
-                or dependant.cookie_params or dependant.dependencies):
+                or dependant.cookie_params or dependant.dependencies or any(special)):
             raise TypeError(f"LeanJSONRoute {self.path}: needs path parameters and one body "
                             "model, nothing else")
         field = dependant.body_params[0]

@@ -118,3 +118,22 @@ def test_corpus_reaches_both_outcomes(clients: tuple[TestClient, TestClient]) ->
 def test_openapi_is_unchanged_by_lean_routes() -> None:
     settings = Settings(api_keys=(KEY,), handle_sighup=False)
     assert create_app(settings).openapi() == create_app(settings, lean_routes=False).openapi()
+
+
+def test_lean_route_refuses_endpoints_it_cannot_serve() -> None:
+    # anything besides path parameters and one body model would be silently dropped: refused
+    # when the route is built, not at the first request
+    from fastapi import FastAPI, Request
+
+    from api.models import ScreenRequest
+    from api.service import LeanJSONRoute
+
+    async def with_request(request: Request, body: ScreenRequest) -> None: ...
+
+    async def with_query(q: int, body: ScreenRequest) -> None: ...
+
+    for fn in (with_request, with_query):
+        app = FastAPI()
+        with pytest.raises(TypeError, match="LeanJSONRoute"):
+            app.router.add_api_route("/x", fn, methods=["POST"],
+                                     route_class_override=LeanJSONRoute)
