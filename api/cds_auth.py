@@ -138,7 +138,7 @@ class CdsTrust:
             return "the bearer token is not a well-formed JWT"
         alg = header.get("alg")
         if alg not in ALGORITHMS:
-            return f"JWT algorithm {str(alg)[:20]!r} is not accepted (ES384 or RS384)"
+            return "the JWT algorithm is not accepted (ES384 or RS384 only)"
         iss = claims.get("iss")
         keys = self.clients.get(iss) if isinstance(iss, str) else None
         if not keys:

@@ -18,6 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.app import create_app
 from api.cds_auth import CdsTrust, TrustError
@@ -217,3 +219,35 @@ def test_replay_memory_is_bounded(trust_file: str, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(ca, "time", Later)
     assert trust.verify(token(), AUD) is None
+
+
+_json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=12),
+              st.floats(allow_nan=False, allow_infinity=False)),
+    lambda kids: st.one_of(st.lists(kids, max_size=3),
+                           st.dictionaries(st.text(max_size=5), kids, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.fixed_dictionaries(
+           {"alg": st.one_of(st.sampled_from(["ES384", "RS384", "none", "HS256"]),
+                             _json_value)},
+           optional={"kid": st.one_of(st.sampled_from(["ec1", "rsa1"]), _json_value),
+                     "typ": _json_value, "crit": _json_value}),
+       claims=st.fixed_dictionaries(
+           {"iss": st.one_of(st.just(ISS), _json_value)},
+           optional={"aud": st.one_of(st.just(AUD), _json_value),
+                     "exp": st.one_of(st.just(int(time.time()) + 60), _json_value),
+                     "iat": st.one_of(st.just(int(time.time())), _json_value),
+                     "jti": _json_value, "nbf": _json_value}),
+       sig=st.binary(max_size=120), raw=st.text(max_size=60))
+def test_verify_never_raises_on_hostile_tokens(trust_file: str, header: dict[str, Any],
+                                               claims: dict[str, Any], sig: bytes,
+                                               raw: str) -> None:
+    trust = CdsTrust.from_file(trust_file)
+    forged = ".".join([_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()),
+                       _b64(sig)])
+    for t in (forged, raw, raw + "." + raw + "." + raw):
+        assert isinstance(trust.verify(t, AUD), str)   # always refused, with a reason
