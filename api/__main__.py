@@ -5,9 +5,10 @@ Position: the process entry point of the HTTP service.
 Before any worker starts, the settings and the rule files are checked here, so a bad
 configuration fails once, with its located errors, instead of in every worker. Then:
 * with several workers, PROMETHEUS_MULTIPROC_DIR (metrics summed over workers),
-  SCREENER_REPORT_DIR (CDS report links readable by any worker) and SCREENER_SUPERVISOR_PID
-  (a successful reload asks the supervisor for a rolling restart) are set for the workers;
-  temporary directories made here are removed at exit;
+  SCREENER_REPORT_DIR (CDS report links readable by any worker), SCREENER_REPORT_KEY (the
+  key those report files are encrypted with, new for each run unless given) and
+  SCREENER_SUPERVISOR_PID (a successful reload asks the supervisor for a rolling restart) are
+  set for the workers; temporary directories made here are removed at exit;
 * uvicorn's access log is off: the service writes its own, with route templates and no query
   strings (`api.access`).
 Scale with processes, not threads: the rules engine holds the GIL and is serialised by a lock.
@@ -16,8 +17,10 @@ Scale with processes, not threads: the rules engine holds the GIL and is seriali
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -55,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         p.error("--workers must be at least 1")
 
+    if not os.environ.get("SCREENER_REPORT_KEY", "").strip():
+        # report files are encrypted with a key that lives as long as this run (its workers
+        # inherit it); links made before a restart stop opening, which their 1-hour life allows
+        os.environ["SCREENER_REPORT_KEY"] = base64.urlsafe_b64encode(
+            secrets.token_bytes(32)).decode()
     try:
         settings = Settings.from_env()
     except SettingsError as e:

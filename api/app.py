@@ -97,7 +97,8 @@ def create_app(settings: Settings, lean_routes: bool = True) -> FastAPI:
     ctx = Context(holder, metrics, decisions)
     # every screen runs on this process's screening thread, never on the event loop
     screening = ScreeningThread()
-    store = ReportStore(settings.report_dir, settings.report_ttl_seconds)
+    store = ReportStore(settings.report_dir, settings.report_ttl_seconds,
+                        settings.report_key_bytes())
 
     def reload_rules(source: str) -> tuple[bool, dict[str, Any]]:
         outcome = holder.reload()

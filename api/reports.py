@@ -8,6 +8,13 @@ patient data, so it is kept no longer than that, in a directory only this user c
 (0700 / 0600), or in process memory when no directory is configured. With several worker
 processes the directory must be shared (`python -m api` creates one), otherwise a link made by
 one worker is not found by another.
+
+Files are encrypted (AES-256-GCM, a fresh 96-bit nonce per report, the token as associated
+data, so a file renamed to another token does not open) with a key the workers share
+(`SCREENER_REPORT_KEY`; `python -m api` makes one per run and hands it to its workers through
+the environment). A copy of the directory, a backup or a leftover file after a crash is
+unreadable without the key, which lives only in the service's memory and environment; after a
+restart with a new key the old links no longer open (they are short-lived anyway).
 """
 
 from __future__ import annotations
@@ -19,14 +26,25 @@ import threading
 import time
 from collections import OrderedDict
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 MAX_ENTRIES = 10_000
 
 
+KEY_BYTES = 32
+_NONCE = 12
+
+
 class ReportStore:
-    def __init__(self, directory: str | None, ttl_seconds: int):
+    def __init__(self, directory: str | None, ttl_seconds: int, key: bytes | None = None):
+        if directory is not None and (key is None or len(key) != KEY_BYTES):
+            raise ValueError(f"a report directory needs a {KEY_BYTES}-byte key: report files "
+                             "are patient data and are stored encrypted")
         self.dir = directory
         self.ttl = ttl_seconds
+        self._aead = AESGCM(key) if directory is not None and key is not None else None
         self._mem: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
         self._last_sweep = 0.0
@@ -42,10 +60,13 @@ class ReportStore:
                 while len(self._mem) > MAX_ENTRIES:
                     self._mem.popitem(last=False)
         else:
+            assert self._aead is not None
+            nonce = os.urandom(_NONCE)
+            sealed = nonce + self._aead.encrypt(nonce, body, token.encode())
             path = os.path.join(self.dir, token)
             fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
+                fh.write(sealed)
             os.replace(path + ".tmp", path)
             if now - self._last_sweep > 60:
                 self._last_sweep = now
@@ -67,9 +88,14 @@ class ReportStore:
             if os.stat(path).st_mtime + self.ttl < now:
                 return None
             with open(path, "rb") as fh:
-                return fh.read()
+                sealed = fh.read()
         except OSError:
             return None
+        assert self._aead is not None
+        try:
+            return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], token.encode())
+        except (InvalidTag, ValueError):
+            return None   # another key (a previous run), a damaged or swapped file
 
     def sweep(self, now: float | None = None) -> None:
         """Delete expired reports (a directory store is shared, so any worker may do it)."""

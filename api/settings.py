@@ -11,6 +11,7 @@ would then have to hold raw patient identifiers, or hashes anyone can reverse by
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class Settings:
     #: directory shared by the worker processes for CDS report links (None: in-process memory)
     report_dir: str | None = None
     report_ttl_seconds: int = 3600
+    #: AES-256 key (urlsafe base64 of 32 bytes) for report files in `report_dir`; required
+    #: with a directory (`python -m api` makes one per run)
+    report_key: str | None = field(default=None, repr=False)
     #: absolute base URL used in CDS card links (None: taken from the request)
     public_url: str | None = None
     #: install a SIGHUP handler that reloads the rules (only possible in the main thread)
@@ -90,6 +94,14 @@ class Settings:
                 raise SettingsError("SCREENER_DECISION_LOG is set but SCREENER_LOG_SALT is not: "
                                     "the log stores salted hashes, never patient identifiers")
             check_secret("SCREENER_LOG_SALT", self.log_salt)
+        if self.report_dir is not None and self.report_key is None:
+            raise SettingsError("SCREENER_REPORT_DIR is set but SCREENER_REPORT_KEY is not: "
+                                "report files hold patient data and are stored encrypted; "
+                                "`python -m api` makes a key per run, or generate one with "
+                                "`python -c 'import base64, secrets; print(base64."
+                                "urlsafe_b64encode(secrets.token_bytes(32)).decode())'`")
+        if self.report_key is not None:
+            self.report_key_bytes()   # refuse a malformed key at start-up
         if self.report_ttl_seconds < 1:
             raise SettingsError("SCREENER_REPORT_TTL must be a positive number of seconds")
         if self.public_url is not None and not self.public_url.startswith(("http://",
@@ -101,6 +113,18 @@ class Settings:
                 CdsTrust.from_file(self.cds_trust)   # refuse to start on a broken file
             except TrustError as e:
                 raise SettingsError(f"SCREENER_CDS_TRUST: {e}") from None
+
+    def report_key_bytes(self) -> bytes | None:
+        if self.report_key is None:
+            return None
+        try:
+            key = base64.urlsafe_b64decode(self.report_key.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            key = b""
+        if len(key) != 32:
+            raise SettingsError("SCREENER_REPORT_KEY must be the urlsafe base64 text of 32 "
+                                "random bytes")
+        return key
 
     @property
     def auth_enabled(self) -> bool:
@@ -142,6 +166,7 @@ class Settings:
             decision_log=text("SCREENER_DECISION_LOG"),
             log_salt=text("SCREENER_LOG_SALT"),
             report_dir=text("SCREENER_REPORT_DIR"),
+            report_key=text("SCREENER_REPORT_KEY"),
             report_ttl_seconds=integer("SCREENER_REPORT_TTL", 3600),
             public_url=(text("SCREENER_PUBLIC_URL") or "").rstrip("/") or None,
             cors_origins=tuple(o.strip() for o in (text("SCREENER_CORS_ORIGINS") or "").split(",")
