@@ -46,6 +46,8 @@ def parse_json_strict(raw: bytes) -> Any:
     except jsonfast.ConstantError as e:
         raise invalid(["body"], f"{e.name} is not valid JSON (JSON has no NaN or Infinity)",
                       "json_invalid") from None
+    except jsonfast.SurrogateError as e:
+        raise invalid(["body"], str(e), "json_invalid") from None
     except json.JSONDecodeError as e:
         raise invalid(["body", e.pos], f"invalid JSON at line {e.lineno} column {e.colno}: "
                       f"{e.msg}", "json_invalid") from None

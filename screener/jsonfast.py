@@ -18,6 +18,7 @@ into every Patient's text) does not send the whole document to the slower parser
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -75,6 +76,33 @@ def _number_may_overflow(raw: bytes) -> bool:
     return False
 
 
+class SurrogateError(ValueError):
+    """A string holds a lone UTF-16 surrogate escape (`"\\ud800"`): the JSON grammar allows
+    it, Unicode does not, and such text cannot be encoded as UTF-8 (for hashes, reports or
+    logs). Refused like any other invalid input."""
+
+
+#: a \uD800-\uDFFF escape in JSON text (a lone one survives parsing as a surrogate code point)
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_surrogates(doc: Any) -> None:
+    stack = [doc]
+    while stack:
+        x = stack.pop()
+        t = type(x)
+        if t is str:
+            if _SURROGATE.search(x):
+                raise SurrogateError("a string holds a lone surrogate escape (\\ud800-\\udfff "
+                                     "without its pair): not valid Unicode text")
+        elif t is dict:
+            stack.extend(x)
+            stack.extend(x.values())
+        elif t is list:
+            stack.extend(x)
+
+
 class ConstantError(ValueError):
     """NaN, Infinity or -Infinity: Python's json accepts them, JSON does not, and a NaN lab
     value must never reach a comparison."""
@@ -90,8 +118,13 @@ def _reject_constant(name: str) -> Any:
 
 def loads_strict(raw: bytes) -> Any:
     """Strict JSON: the document, or the standard library's errors (json.JSONDecodeError,
-    UnicodeDecodeError, RecursionError), or ConstantError for NaN / Infinity."""
+    UnicodeDecodeError, RecursionError), ConstantError for NaN / Infinity, or SurrogateError
+    for a lone surrogate escape in a string."""
     doc = loads(raw)
     if doc is FALLBACK:
         doc = json.loads(raw, parse_constant=_reject_constant)
+        # orjson refuses lone surrogates; the standard library keeps them as code points that
+        # no UTF-8 encoder accepts later
+        if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode()):
+            _check_surrogates(doc)
     return doc

@@ -91,7 +91,9 @@ class Compiled:
 def input_hash(patient: Any) -> str:
     blob = json.dumps(patient, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
                       default=str)
-    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+    # surrogatepass: a lone surrogate (refused by the JSON readers, but a Python caller may pass
+    # one) hashes instead of raising; valid text is encoded exactly as before
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Screener:

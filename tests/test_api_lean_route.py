@@ -75,6 +75,8 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
         (b'{"patient": ', JSON_CT),
         (b'\xff\xfe{"a": 1}', JSON_CT),
         (b"[" * 5000 + b"]" * 5000, JSON_CT),
+        (b'{"patient": {"id": "\\ud800"}, "as_of": "2026-11-22"}', JSON_CT),
+        (b'{"patient": {"\\udfff": 1}, "as_of": "2026-11-22"}', JSON_CT),
         (_body({"fhir": [{"resourceType": "Observation"}], "as_of": "2026-11-22"}), JSON_CT),
         (_body({"fhir": "text", "as_of": "2026-11-22"}), JSON_CT),
     ]

@@ -57,3 +57,17 @@ def test_long_digit_runs_inside_strings_keep_the_fast_path() -> None:
 
 def test_duplicate_keys_keep_the_last_like_the_standard_library() -> None:
     assert jsonfast.loads(b'{"a": 1, "a": 2}') == json.loads(b'{"a": 1, "a": 2}') == {"a": 2}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id": "\\ud800"}', b'{"\\udc00": 1}', b'[[{"a": ["x\\uDBFFy"]}]]',
+    b'{"a": "\\ude00\\ud83d"}',   # a pair in the wrong order is two lone surrogates
+])
+def test_lone_surrogates_are_refused(raw: bytes) -> None:
+    with pytest.raises(jsonfast.SurrogateError):
+        jsonfast.loads_strict(raw)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    assert jsonfast.loads_strict(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+    assert jsonfast.loads_strict(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}
