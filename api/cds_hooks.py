@@ -32,7 +32,7 @@ from typing import Any
 
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
-from screener.report import describe, dumps_bytes
+from screener.report import describe, dumps_bytes, printable
 from screener.screen import Screener
 
 from .errors import invalid
@@ -141,9 +141,23 @@ def summary(report: dict[str, Any]) -> str:
     return _fit(head, missing, tail)
 
 
+#: characters that make markdown inside a table cell (links, images, emphasis, code, strike,
+#: cell breaks); HTML is written as entities
+_MD_ACTIVE = frozenset("\\`*_[]!|~")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _cell(text: Any, limit: int = 160) -> str:
-    s = " ".join(str(text).split()).replace("|", "\\|")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    """Text for a markdown table cell: one line, cut at `limit`, and inert. Evidence quotes
+    record content (FHIR sources, codes, display texts, units), and the EHR renders the card as
+    markdown: a display text such as `[x](javascript:...)` or `<img ...>` must show as text,
+    not become a link or HTML on the clinician's screen. `://` and `www.` are escaped too, so a
+    URL in the data is not turned into a link by GitHub-flavoured autolinking."""
+    s = printable(" ".join(str(text).split()))
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    s = "".join(_HTML.get(ch) or ("\\" + ch if ch in _MD_ACTIVE else ch) for ch in s)
+    return s.replace("://", ":\\/\\/").replace("www.", "www\\.")
 
 
 def _evidence(c: dict[str, Any]) -> str:

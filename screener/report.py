@@ -269,6 +269,14 @@ def describe(c: Mapping[str, Any], eq: str = "=", on: str = "@") -> str:
     return text
 
 
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control characters (an ANSI escape sequence in a
+    record's text could recolour or rewrite the screen) shown as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def table(report: Mapping[str, Any], width: int = 100) -> str:
     t = report["trial"]
     lines = [f"{t['id']} v{t['version']}  as_of {report['as_of']}  status: "
@@ -276,7 +284,7 @@ def table(report: Mapping[str, Any], width: int = 100) -> str:
              f"ruleset {t['ruleset_hash'][:23]}  engine {report['engine']}", ""]
     rows = [("criterion", "kind", "verdict", "evidence / what is missing")]
     for c in report["criteria"]:
-        detail = describe(c)
+        detail = printable(describe(c))
         mark = "" if c["favourable"] else ("?" if c["verdict"] == "unknown" else "x")
         rows.append((c["id"], c["kind"][:3], f"{c['verdict']}{' ' + mark if mark else ''}",
                      detail))
@@ -292,5 +300,5 @@ def table(report: Mapping[str, Any], width: int = 100) -> str:
     if report["data_issues"]:
         lines.append(f"data issues: {report['data_issues_total']}")
         for i in report["data_issues"][:10]:
-            lines.append(f"  {i['loc']}: {i['msg']}")
+            lines.append(printable(f"  {i['loc']}: {i['msg']}"))
     return "\n".join(lines) + "\n"

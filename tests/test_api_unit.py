@@ -528,3 +528,23 @@ def test_gc_tuning_applies_at_start_up_only_when_asked() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_cds_card_detail_keeps_record_text_inert(client: TestClient) -> None:
+    """Record content quoted in a card (here a unit text, via the 'unknown unit' reason) must
+    not become a link, an image or HTML when the EHR renders the markdown."""
+    evil = "[x](javascript:alert(1)) <img src=x onerror=alert(1)> http://evil.example"
+    obs = {"resourceType": "Observation", "id": "alt1", "status": "final",
+           "subject": {"reference": "Patient/p1"},
+           "code": {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]},
+           "effectiveDateTime": "2026-11-01",
+           "valueQuantity": {"value": 52, "unit": evil},
+           "referenceRange": [{"high": {"value": 40, "unit": "U/L"}}]}
+    prefetch = {**PREFETCH, "observations": {"resourceType": "Bundle", "type": "searchset",
+                                             "entry": [{"resource": obs}]}}
+    r = client.post("/cds-services/trial-screening", headers=AUTH, json=_hook(prefetch))
+    assert r.status_code == 200, r.text
+    details = "\n".join(c["detail"] for c in r.json()["cards"])
+    assert "&lt;img src=x onerror=alert(1)&gt;" in details   # the text is shown ...
+    assert "<img" not in details and "[x](" not in details      # ... and stays text
+    assert "http://evil" not in details and "http:\\/\\/evil.example" in details

@@ -88,6 +88,30 @@ def test_table_output(tmp_path: Path) -> None:
     assert "alt=121 U/L (3.025 x ULN 40 U/L) @2026-11-20" in out
 
 
+def test_table_does_not_pass_control_characters_to_the_terminal() -> None:
+    # The normaliser quotes raw record text with repr() today, so no screen reaches the table
+    # with a raw escape; the table itself must hold even so (an ANSI sequence could clear or
+    # recolour the clinician's terminal). Checked on a report whose evidence carries one.
+    from datetime import date
+
+    from screener.report import table
+    from screener.screen import Screener
+
+    s = Screener.from_paths([str(ROOT / "rules")])
+    try:
+        report = s.screen("NCT06111625", {"id": "ansi", "birth_date": "1980-01-01"},
+                          date(2026, 11, 22))
+    finally:
+        s.close()
+    c = next(c for c in report["criteria"] if c["id"] == "inc_age")
+    c["evidence"][0]["value"] = "\u001b[2J\u001b[31m46"
+    report["data_issues"] = [{"loc": "x\u001b[0m", "msg": "m\u0007", "code": "c"}]
+    report["data_issues_total"] = 1
+    out = table(report)
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[31m46" in out and "x\\x1b[0m: m\\x07" in out
+
+
 def test_shipped_schema_matches_generator() -> None:
     assert json.loads(SCHEMA_PATH.read_text()) == build()
 
