@@ -93,9 +93,14 @@ def short_repr(x: object, limit: int = 80) -> str:
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     cands = sorted(set(candidates))
+    if not cands or len(word) > 2 * max(len(c) for c in cands) + 16:
+        # no plausible typo of any candidate; and difflib on a megabyte-long "name" (hostile
+        # or broken input) took seconds
+        return None
     # the same characters in another order first: '=<' means '<=', not the closer-scoring '<'
+    letters = sorted(word)
     for c in cands:
-        if len(word) > 1 and c != word and sorted(c) == sorted(word):
+        if len(word) > 1 and c != word and len(c) == len(word) and sorted(c) == letters:
             return c
     matches = difflib.get_close_matches(word, cands, n=1, cutoff=0.6)
     if matches:

@@ -271,7 +271,8 @@ def prepare(patient: Any, as_of: date) -> Prepared:
             if k in rev:
                 d, complete = parse_date(rev[k])
                 if d is None or not complete:
-                    prep.issue(f"reviewed.{k}", "date", f"unusable review date {rev[k]!r}")
+                    prep.issue(f"reviewed.{k}", "date",
+                               f"unusable review date {short_repr(rev[k])}")
                 elif d > as_of:
                     prep.issue(f"reviewed.{k}", "after_as_of",
                                f"review dated {d} is after as_of {as_of}; ignored")
@@ -295,7 +296,7 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
         raw = p["birth_date"]
         d, complete = parse_date(raw)
         if d is None:
-            prep.issue("birth_date", "date", f"unusable birth date {raw!r}", "age")
+            prep.issue("birth_date", "date", f"unusable birth date {short_repr(raw)}", "age")
         elif d > as_of:
             prep.issue("birth_date", "implausible", f"birth date {raw} is after as_of {as_of}",
                        "age")
@@ -316,7 +317,7 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
         raw = p["age"]
         n = parse_number(raw) if not isinstance(raw, str) else None
         if n is None or n.denominator != 1 or not 0 <= n <= 130:
-            prep.issue("age", "value", f"unusable age {raw!r} (whole years 0-130)", "age")
+            prep.issue("age", "value", f"unusable age {short_repr(raw)} (whole years 0-130)", "age")
         else:
             prep.age, prep.age_source = (int(n), int(n)), "age (given)"
     sex = p.get("sex")
@@ -326,8 +327,8 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
         if s in ("female", "male", "other"):
             prep.sex = s
         elif s not in _UNINFORMATIVE:
-            prep.issue("sex", "value", f"unusable sex {sex!r} (female, male, other, unknown)",
-                       "sex")
+            prep.issue("sex", "value",
+                       f"unusable sex {short_repr(sex)} (female, male, other, unknown)", "sex")
 
 
 def _codings(item: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -378,7 +379,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     status = get("status")
     if status is not None and isinstance(status, str) and status in _IGNORED_STATUS:
         # retracted: as if it had never been recorded
-        prep.issue(loc, "status", f"status {status!r}: not used", name)
+        prep.issue(loc, "status", f"status {short_repr(status)}: not used", name)
         return
     raw_date = get("date")
     day = parse_date(raw_date)[0]
@@ -389,8 +390,8 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         return
 
     if day is None:
-        _unusable(prep, name, day, stamp, loc, "date", f"missing or unusable date {raw_date!r}",
-                  f"{loc}.date")
+        _unusable(prep, name, day, stamp, loc, "date",
+                  f"missing or unusable date {short_repr(raw_date)}", f"{loc}.date")
         return
     if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
         _unusable(prep, name, day, stamp, loc, "status",
@@ -418,14 +419,14 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         value = _boolean(raw)
         if value is None:
             _unusable(prep, name, day, stamp, loc, "value",
-                      f"{name} must be true or false, got {raw!r}", loc)
+                      f"{name} must be true or false, got {short_repr(raw)}", loc)
             return
         shown = value
     else:
         value = _coded(el, raw)
         if value is None:
             _unusable(prep, name, day, stamp, loc, "value",
-                      f"unusable value {raw!r} for {name} ({', '.join(el.values)})", loc)
+                      f"unusable value {short_repr(raw)} for {name} ({', '.join(el.values)})", loc)
             return
         if value in _UNINFORMATIVE:
             _unusable(prep, name, day, stamp, loc, "indeterminate", f"{name} result is {value}",
@@ -462,10 +463,10 @@ def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) 
     el = item.get("element")
     if isinstance(el, str):
         close = did_you_mean(el, ELEMENTS)
-        prep.issue(loc, "unknown_element", f"unknown element {el!r}"
+        prep.issue(loc, "unknown_element", f"unknown element {short_repr(el)}"
                    + (f" (did you mean {close!r}?)" if close else ""), close)
         if close:
-            prep.suspect.setdefault(close, []).append(f"{loc} has unknown element {el!r}")
+            prep.suspect.setdefault(close, []).append(f"{loc} has unknown element {short_repr(el)}")
         return
     prep.issue(loc, "unmapped", f"{what} code not used by any rule: "
                f"{short_repr(item.get('code') or item.get('codes'))}")
@@ -544,11 +545,11 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
 
     n = parse_number(raw)
     if n is None:
-        return bad("value", f"{el.name} needs a finite number, got {raw!r}", ".value")
+        return bad("value", f"{el.name} needs a finite number, got {short_repr(raw)}", ".value")
     unit = normalise_unit(unit_raw if isinstance(unit_raw, str) else None)
     factor = el.units.get(unit)
     if factor is None:
-        return bad("unit", f"unknown unit {unit_raw!r} for {el.name} (accepted: "
+        return bad("unit", f"unknown unit {short_repr(unit_raw)} for {el.name} (accepted: "
                    f"{', '.join(sorted(u for u in el.units if u))})", ".unit")
     value = n * factor if factor != 1 else n
     lo, hi = _BOUNDS[el.name]
@@ -556,14 +557,14 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
         return bad("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is outside the "
                    f"plausible range {lo}-{hi} {el.unit}", ".value")
     if el.integer and value.denominator != 1:
-        return bad("value", f"{el.name} must be a whole number, got {raw!r}", ".value")
+        return bad("value", f"{el.name} must be a whole number, got {short_repr(raw)}", ".value")
     uln = None
     range_problem = ""
     if has_rr:
         high = parse_number(high_raw)
         rfactor = el.units.get(normalise_unit(rr_unit if isinstance(rr_unit, str) else None))
         if high is None or high <= 0 or rfactor is None:
-            range_problem = f"unusable upper limit {high_raw!r} {rr_unit or ''}"
+            range_problem = f"unusable upper limit {short_repr(high_raw)} {rr_unit or ''}"
         else:
             uln = high * rfactor
     shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
@@ -670,7 +671,7 @@ def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
         return None, False
     day, _ = parse_date(raw)
     if day is None:
-        prep.issue(f"{loc}.{key}", "date", f"unusable {key} {raw!r}", name)
+        prep.issue(f"{loc}.{key}", "date", f"unusable {key} {short_repr(raw)}", name)
         return None, False
     if day > prep.as_of:
         prep.issue(f"{loc}.{key}", "after_as_of", f"{key} {day} is after as_of: not used", name)
@@ -691,7 +692,7 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     if item.get("end") is not None:
         d, _ = parse_date(item.get("end"))
         if d is None:
-            prep.issue(f"{loc}.end", "date", f"unusable end {item.get('end')!r}", name)
+            prep.issue(f"{loc}.end", "date", f"unusable end {short_repr(item.get('end'))}", name)
         else:
             end = min(d, prep.as_of)
     days: int | None = None
@@ -699,7 +700,7 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         n = parse_number(item["days"]) if not isinstance(item["days"], str) else None
         if n is None or n.denominator != 1 or not 0 <= n <= 3650:
             # kept with an unknown duration (the criterion becomes unknown), never dropped
-            prep.issue(f"{loc}.days", "value", f"unusable days {item['days']!r}", name)
+            prep.issue(f"{loc}.days", "value", f"unusable days {short_repr(item['days'])}", name)
         else:
             days = int(n)
     elif start and end and end >= start:

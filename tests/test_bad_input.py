@@ -302,3 +302,32 @@ def test_long_text_and_huge_numbers_never_become_cache_keys(screener: Screener) 
     assert all(len(repr(k)) < 500 for k in keys), keys
     assert normalize._text_number.cache_info().currsize == 0
     assert normalize._parse_date_text.cache_info().currsize <= 3
+
+
+def test_huge_strings_are_not_copied_into_reports(screener: Screener) -> None:
+    """A megabyte-long element name, unit, sex or date (within the API's 2 MiB body limit) is
+    an unknown with an issue whose message quotes the start of it, not a report that repeats
+    the whole text in every message (it did: 6 MB of report for a 1 MB name, and seconds of
+    did-you-mean matching)."""
+    big = "x" * 1_000_000
+    patient = {"id": "big", "sex": "f" + big, "birth_date": "1" + big,
+               "observations": [{**ALT, "element": "alt" + big, "value": 50},
+                                {**ALT, "value": 50, "unit": "U/L" + big},
+                                {**ALT, "element": "ecog", "value": 1, "date": "2026" + big}],
+               "conditions": [{"element": "dvt" + big}]}
+    r = screener.screen(T, patient, AS_OF)
+    text = json.dumps(r)
+    assert len(text) < 100_000
+    msgs = {i["loc"]: i["msg"] for i in r["data_issues"]}
+    assert msgs["observations[0]"].startswith("unknown element 'altxxx")
+    assert msgs["observations[0]"].endswith("...'") or "..." in msgs["observations[0]"]
+    assert all(len(m) < 400 for m in msgs.values())
+    assert {c["id"]: c["verdict"] for c in r["criteria"]}["inc_liver_transaminases"] == "unknown"
+
+
+def test_did_you_mean_gives_up_on_names_no_typo_could_make() -> None:
+    from screener.elements import ELEMENTS
+    from screener.errors import did_you_mean
+    assert did_you_mean("ecgo", ELEMENTS) == "ecog"
+    assert did_you_mean("serum_creatinine", ELEMENTS) == "creatinine"
+    assert did_you_mean("alt" + "x" * 100_000, ELEMENTS) is None

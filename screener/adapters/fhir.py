@@ -49,6 +49,7 @@ from screener.elements import (
     by_loinc,
     condition_for,
 )
+from screener.errors import short_repr
 
 __all__ = ["bundle_to_patient", "resources_to_patient"]
 
@@ -352,7 +353,8 @@ class _Run:
             return None
         if _is_datetime(s):
             return s
-        self.issue(f"{loc}.{key}", "fhir.bad_date", f"{key} {s!r} is not an ISO date; ignored")
+        self.issue(f"{loc}.{key}", "fhir.bad_date",
+                   f"{key} {short_repr(s)} is not an ISO date; ignored")
         return None
 
     def period(self, obj: JsonDict, key: str, loc: str) -> tuple[str | None, str | None]:
@@ -378,10 +380,16 @@ def _code_label(codings: list[_Coding], text: str | None) -> tuple[str, str]:
     for c in codings:
         if c.code:
             key = f"{c.system or '?'}|{c.code}"
-            return key, key + (f" ({c.display})" if c.display else "")
+            # cut, not quoted: codes and display names are shown as sent, but a megabyte-long
+            # "display" must not be copied into every report
+            return key, _cut(key) + (f" ({_cut(c.display)})" if c.display else "")
     if text:
-        return f"text|{text}", repr(text)
+        return f"text|{text}", short_repr(text, 200)
     return "none", "no code"
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _source(r: _Res) -> str:
@@ -470,14 +478,15 @@ def _patient(run: _Run, r: _Res, out: JsonDict) -> None:
             out["birth_date"] = birth.strip()
         else:
             run.issue(f"{loc}.birthDate", "fhir.bad_date",
-                      f"birthDate {birth!r} is not YYYY, YYYY-MM or YYYY-MM-DD; ignored")
+                      f"birthDate {short_repr(birth)} is not YYYY, YYYY-MM or YYYY-MM-DD; ignored")
     gender = run.text(res, "gender", loc)
     if gender is not None:
         g = gender.strip().lower()
         if g in ("female", "male", "other", "unknown"):
             out["sex"] = g
         else:
-            run.issue(f"{loc}.gender", "fhir.bad_value", f"gender {gender!r} unknown; ignored")
+            run.issue(f"{loc}.gender", "fhir.bad_value",
+                      f"gender {short_repr(gender)} unknown; ignored")
 
 
 def _subject_key(r: _Res) -> str | None:
@@ -530,7 +539,7 @@ def _quantity(run: _Run, q: JsonDict, loc: str) -> JsonDict | None:
     if comparator is not None:
         if comparator not in _COMPARATORS:
             run.issue(f"{loc}.comparator", "fhir.bad_value",
-                      f"comparator {comparator!r} is not one of < <= > >=")
+                      f"comparator {short_repr(comparator)} is not one of < <= > >=")
             return None
         out["comparator"] = comparator
     return out
@@ -608,7 +617,7 @@ def _coded_result(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | 
         return None
     value = table.get(cls)
     if value is None:
-        run.issue(loc, "fhir.unmapped_value", f"{el}: result {cls!r} has no value in "
+        run.issue(loc, "fhir.unmapped_value", f"{el}: result {short_repr(cls)} has no value in "
                   f"{'/'.join(ELEMENTS[el].values)}; ignored")
         return None
     return {"value": value}
@@ -695,7 +704,7 @@ def _number(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
         parsed = _parse_number(s) if isinstance(s, str) else None
         if parsed is None:
             run.issue(f"{loc}.valueString", "fhir.bad_value",
-                      f"{el}: valueString {s!r} is not a number; ignored"[:200])
+                      f"{el}: valueString {short_repr(s)} is not a number; ignored"[:200])
             return None
         out: JsonDict = {"value": parsed[1]}
         if parsed[0] is not None:
@@ -928,8 +937,8 @@ def _status_field(run: _Run, res: JsonDict, key: str, allowed: tuple[str, ...], 
     if code is None:
         return None
     if code not in allowed:
-        run.issue(f"{loc}.{key}", "fhir.bad_value", f"{key} {code!r} is not a known status; "
-                  "ignored")
+        run.issue(f"{loc}.{key}", "fhir.bad_value",
+                  f"{key} {short_repr(code)} is not a known status; ignored")
         return None
     return code
 
