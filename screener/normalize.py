@@ -126,6 +126,8 @@ class Prepared:
     unusable: dict[str, list[tuple[date | None, str, str, str]]] = field(default_factory=dict)
     #: element -> why records of it may exist that we could not read (misspelt names, ...)
     suspect: dict[str, list[str]] = field(default_factory=dict)
+    #: entries with an element name not in the catalogue, checked for misspellings so far
+    unknown_names: int = 0
     #: condition records no catalogue code matched and no ICD-10 code placed elsewhere: any of
     #: them may be a more specific form of a catalogue condition (the SNOMED CT hierarchy is not
     #: modelled), so a complete condition review cannot prove a condition absent
@@ -457,16 +459,46 @@ def _broader_of(item: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: unknown element names checked for misspellings per patient; beyond this, every element is
+#: treated as possibly misspelt (each check is a fuzzy match over the catalogue: a 2 MiB body
+#: of 21,000 distinct unknown names took 7.5 s before this bound)
+MAX_SPELLING_CHECKS = 200
+#: element name -> its did-you-mean (short names only; registries repeat their misspellings)
+_CLOSE: dict[str, str | None] = {}
+
+
+def _close_element(name: str) -> str | None:
+    hit = _CLOSE.get(name, _UNCACHED)
+    if hit is _UNCACHED:
+        hit = did_you_mean(name, ELEMENTS)
+        if len(name) <= _MAX_CACHED_TEXT:
+            if len(_CLOSE) >= 10_000:
+                _CLOSE.clear()
+            _CLOSE[name] = hit
+    return hit  # type: ignore[return-value]
+
+
 def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) -> None:
     """An entry we cannot map. A misspelt element name in canonical JSON may hide a relevant
     record, so a close match makes that element unusable instead of silently absent."""
     el = item.get("element")
     if isinstance(el, str):
-        close = did_you_mean(el, ELEMENTS)
+        prep.unknown_names += 1
+        if prep.unknown_names > MAX_SPELLING_CHECKS:
+            if prep.unknown_names == MAX_SPELLING_CHECKS + 1:
+                why = (f"more than {MAX_SPELLING_CHECKS} entries have unknown element names "
+                       f"(from {loc} on, not checked for misspellings): a misspelt record of "
+                       "this element cannot be ruled out")
+                for name in ELEMENTS:
+                    prep.suspect.setdefault(name, []).append(why)
+                prep.issue(loc, "unknown_element", why)
+            return
+        close = _close_element(el)
         prep.issue(loc, "unknown_element", f"unknown element {short_repr(el)}"
                    + (f" (did you mean {close!r}?)" if close else ""), close)
         if close:
-            prep.suspect.setdefault(close, []).append(f"{loc} has unknown element {short_repr(el)}")
+            prep.suspect.setdefault(close, []).append(
+                f"{loc} has unknown element {short_repr(el)}")
         return
     prep.issue(loc, "unmapped", f"{what} code not used by any rule: "
                f"{short_repr(item.get('code') or item.get('codes'))}")

@@ -331,3 +331,23 @@ def test_did_you_mean_gives_up_on_names_no_typo_could_make() -> None:
     assert did_you_mean("ecgo", ELEMENTS) == "ecog"
     assert did_you_mean("serum_creatinine", ELEMENTS) == "creatinine"
     assert did_you_mean("alt" + "x" * 100_000, ELEMENTS) is None
+
+
+def test_too_many_unknown_names_make_every_element_possibly_misspelt(screener: Screener) -> None:
+    """Each unknown element name is checked for a misspelling of a catalogue element (which
+    then cannot be read as absent). The checks are bounded per patient; past the bound, every
+    element counts as possibly misspelt: unknown with the reason, never decided on what is
+    left."""
+    from screener.normalize import MAX_SPELLING_CHECKS
+    junk = [{"element": f"zq{i:05d}", "value": 1, "date": "2026-11-20"}
+            for i in range(MAX_SPELLING_CHECKS)]
+    alt = [{**ALT, "value": 50}, AST_OK]
+    within = verdicts(screener, {"observations": junk + alt})
+    assert within["inc_liver_transaminases"]["verdict"] == "met"
+    over = verdicts(screener, {"observations": junk + [{"element": "zzzzz", "value": 1,
+                                                        "date": "2026-11-20"}] + alt})
+    c = over["inc_liver_transaminases"]
+    assert c["verdict"] == "unknown"
+    assert any("cannot be ruled out" in m["reason"] for m in c["missing"])
+    issues = [i for i in over["_report"]["data_issues"] if "not checked" in i["msg"]]
+    assert len(issues) == 1 and issues[0]["loc"] == f"observations[{MAX_SPELLING_CHECKS}]"
