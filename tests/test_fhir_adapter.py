@@ -602,3 +602,17 @@ def test_data_elements_doc_is_current() -> None:
     assert gen.render(page) == page, "rerun: .venv/bin/python docs/gen_data_elements.py"
     for name in ELEMENTS:
         assert f"| `{name}` |" in page
+
+
+def test_issues_are_listed_up_to_a_bound_and_the_rest_counted() -> None:
+    from screener.adapters.fhir import MAX_ISSUES
+    obs = [{"resourceType": "Observation", "id": str(i), "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": f"x-{i}"}]},
+            "effectiveDateTime": "2026-11-01", "valueQuantity": {"value": 1}}
+           for i in range(MAX_ISSUES + 50)]
+    patient = {"resourceType": "Patient", "id": "p", "birthDate": "1980-01-01"}
+    _, issues = bundle_to_patient({"resourceType": "Bundle", "type": "collection",
+                                   "entry": [{"resource": o} for o in [patient, *obs]]})
+    assert len(issues) == MAX_ISSUES + 1
+    assert issues[-1] == {"loc": "$", "code": "fhir.more_issues",
+                          "msg": "50 more issues not listed"}
