@@ -22,6 +22,10 @@ from .errors import RuleError
 Path = tuple[str | int, ...]
 
 MAX_RULE_FILE_BYTES = 2 * 1024 * 1024
+#: values a rule file may expand to. A real one has a few thousand; YAML aliases can make a
+#: small file expand without bound (the "billion laughs"), which ran `screener check` out of
+#: memory before this limit.
+MAX_VALUES = 200_000
 
 
 @dataclass
@@ -74,8 +78,14 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 def load_text(text: str, path: str) -> Located:
     """Parse YAML text. Raises `_LoadError` wrapped as a list of RuleError by `load`."""
     doc = Located(data=None, path=path, text=text)
+    budget = [MAX_VALUES]
 
     def build(node: yaml.Node, p: Path) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _LoadError(RuleError(path, node.start_mark.line + 1, node.start_mark.column + 1,
+                                       "yaml.too_large", f"the document expands to more than "
+                                       f"{MAX_VALUES:,} values (YAML aliases repeating a block?)"))
         doc.values[p] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             return _scalar(node)
