@@ -31,8 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 MAX_ENTRIES = 10_000
-
-
+#: AES-256-GCM key and nonce sizes
 KEY_BYTES = 32
 _NONCE = 12
 
