@@ -399,7 +399,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         _unusable(prep, name, day, stamp, loc, "status",
                   f"status {short_repr(status)} is not final", loc)
         return
-    source = str(get("source") or loc)
+    source = _source(get("source"), loc)
     raw = get("value")
     comparator = get("comparator")
     if comparator is not None and comparator not in ("", "="):
@@ -437,6 +437,16 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         shown = value
     prep.readings.setdefault(name, []).append(
         Reading(name, value, stamp, day, None, shown, source, loc, value))
+
+
+#: provenance labels longer than this are cut in reports (a record's `source` is shown beside
+#: every criterion that reads it; the input itself is kept whole, see `input_hash`)
+MAX_SOURCE_CHARS = 200
+
+
+def _source(given: Any, loc: str) -> str:
+    s = str(given or loc)
+    return s if len(s) <= MAX_SOURCE_CHARS else s[:MAX_SOURCE_CHARS - 3] + "..."
 
 
 def _unusable(prep: Prepared, name: str, day: date | None, stamp: str, loc: str, code: str,
@@ -658,7 +668,7 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     if ELEMENTS[name].kind != "condition":
         prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
         return
-    source = str(item.get("source") or loc)
+    source = _source(item.get("source"), loc)
     present = item.get("present")
     if present is False:
         d, _ = parse_date(item.get("date"))
@@ -716,7 +726,7 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     if not isinstance(name, str) or name not in ELEMENTS or ELEMENTS[name].kind != "exposure":
         _unknown_name(prep, item, loc, "exposure")
         return
-    source = str(item.get("source") or loc)
+    source = _source(item.get("source"), loc)
     end = None
     start, later = _event_day(prep, item, "start", loc, name)
     if later:

@@ -312,6 +312,8 @@ def test_huge_strings_are_not_copied_into_reports(screener: Screener) -> None:
     big = "x" * 1_000_000
     patient = {"id": "big", "sex": "f" + big, "birth_date": "1" + big,
                "observations": [{**ALT, "element": "alt" + big, "value": 50},
+                                {"element": "lvef", "value": 60, "unit": "%",
+                                 "date": "2026-11-20", "source": "echo " + big},
                                 {**ALT, "value": 50, "unit": "U/L" + big},
                                 {**ALT, "element": "ecog", "value": 1, "date": "2026" + big}],
                "conditions": [{"element": "dvt" + big}]}
@@ -322,7 +324,12 @@ def test_huge_strings_are_not_copied_into_reports(screener: Screener) -> None:
     assert msgs["observations[0]"].startswith("unknown element 'altxxx")
     assert msgs["observations[0]"].endswith("...'") or "..." in msgs["observations[0]"]
     assert all(len(m) < 400 for m in msgs.values())
-    assert {c["id"]: c["verdict"] for c in r["criteria"]}["inc_liver_transaminases"] == "unknown"
+    verdict = {c["id"]: c for c in r["criteria"]}
+    assert verdict["inc_liver_transaminases"]["verdict"] == "unknown"
+    lvef = verdict["inc_lvef"]
+    assert lvef["verdict"] == "met"   # decided, with its provenance shown cut
+    assert lvef["evidence"][0]["source"].startswith("echo xxx")
+    assert len(lvef["evidence"][0]["source"]) == 200
 
 
 def test_did_you_mean_gives_up_on_names_no_typo_could_make() -> None:
