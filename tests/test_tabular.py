@@ -421,3 +421,24 @@ def test_module_docstring_states_memory_bound_and_review_meaning() -> None:
     doc = tabular.__doc__ or ""
     assert "Memory is proportional to the mapped rows of the long tables" in doc
     assert "``reviewed`` is a clinical assertion" in doc
+
+
+@needs_smart
+def test_long_rows_are_filed_on_disk_and_the_store_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        smart: list[tuple[str, dict[str, Any] | None, list[dict[str, str]]]]) -> None:
+    """Long-table rows wait in a temporary SQLite file, not in memory; the file goes when the
+    iteration ends or is abandoned, and what comes out is what the first full read gave."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    it = iter_patients(load_mapping(SMART_MAPPING), base_dir=SMART)
+    first = next(it)
+    stores = list(tmp_path.glob("screener-long-*"))
+    assert len(stores) == 1 and (stores[0] / "rows.db").stat().st_size > 0
+    rest = list(it)
+    assert [first, *rest] == smart
+    assert not list(tmp_path.glob("screener-long-*"))
+    it = iter_patients(load_mapping(SMART_MAPPING), base_dir=SMART)
+    next(it)
+    it.close()   # a consumer that stops early (a failed run)
+    assert not list(tmp_path.glob("screener-long-*"))
