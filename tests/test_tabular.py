@@ -419,7 +419,7 @@ def test_long_orphans_and_rows_without_patient(tmp_path: Path) -> None:
 
 def test_module_docstring_states_memory_bound_and_review_meaning() -> None:
     doc = tabular.__doc__ or ""
-    assert "Memory is proportional to the mapped rows of the long tables" in doc
+    assert "Memory stays flat" in doc and "SQLite" in doc
     assert "``reviewed`` is a clinical assertion" in doc
 
 

@@ -90,15 +90,14 @@ become U+FFFD rather than stopping the run (set ``encoding`` for non-UTF-8 expor
 Memory
 ------
 The patients table streams: CSV / TSV with the ``csv`` module one row at a time, Parquet with
-``ParquetFile.iter_batches``; only the set of patient ids already seen is kept (to report
-duplicates and orphans). Long tables (labs, problems) are grouped by patient only loosely in
-registry exports, so each is read once, its rows are parsed and filed by patient id in a
+``ParquetFile.iter_batches``. Long tables (labs, problems) are grouped by patient only loosely
+in registry exports, so each is read once, its rows are parsed and filed by patient id in a
 temporary SQLite database on disk (`_LongStore`, removed when the iteration ends), and each
-patient's rows are read back, in their original order, when its patient row streams by.
-**Memory stays flat whatever the size of the long tables** (bench/tabular_memory.py: about 90
-MiB for 80,000 patients x 12 lab rows, where keeping the groups in memory took 650 MiB and
-grew with the table); disk use is about the size of the parsed rows, and reading is about 15%
-slower than the in-memory grouping was.
+patient's rows are read back, in their original order, when its patient row streams by. The
+patient ids already met (for duplicates and orphans) are kept there too. **Memory stays flat
+whatever the size of the tables** (bench/tabular_memory.py); disk use is about the size of the
+parsed rows, and reading is about 15% slower than the in-memory grouping it replaced (which
+took 650 MiB at 80,000 patients x 12 lab rows and grew with the table).
 """
 
 from __future__ import annotations
@@ -980,6 +979,8 @@ class _LongStore:
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, pid TEXT NOT NULL, "
                          "kind INTEGER NOT NULL, item BLOB NOT NULL)")
+        # the patient ids met in the patients table (duplicates, orphans), on disk as well
+        self._db.execute("CREATE TABLE seen (pid TEXT PRIMARY KEY) WITHOUT ROWID")
         self._pending: list[tuple[int, str, int, bytes]] = []
         self._seq = 0
 
@@ -1021,10 +1022,14 @@ class _LongStore:
             g.issues.extend(issues)
         return g
 
-    def ids_not_in(self, seen: set[str]) -> list[str]:
-        """Patient ids with rows that are not in `seen`, sorted (code point order)."""
-        return sorted(pid for (pid,) in self._db.execute("SELECT DISTINCT pid FROM rows")
-                      if pid not in seen)
+    def first_time(self, pid: str) -> bool:
+        """Records a patient id of the patients table; False if it was met before."""
+        return self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (pid,)).rowcount == 1
+
+    def orphan_ids(self) -> list[str]:
+        """Patient ids with long-table rows but no patient row, sorted (code point order)."""
+        return sorted(pid for (pid,) in self._db.execute(
+            "SELECT DISTINCT pid FROM rows WHERE pid NOT IN (SELECT pid FROM seen)"))
 
     def close(self) -> None:
         try:
@@ -1216,7 +1221,6 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
                   ) -> Iterator[Record]:
     stray: list[Issue] = []
     _load_long(m, base_dir, stray, store)
-    seen: set[str] = set()
     t = m.patients
     cols = sorted({f.column for f in _patient_fields(m).values() if f.column is not None})
     for n, cells, problem in _rows(m, t, base_dir, cols):
@@ -1233,12 +1237,11 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
             yield r.where, None, issues
             continue
         pid = _patient_id(pid_raw)
-        if pid in seen:
+        if not store.first_time(pid):
             r.issue(t.fields["id"], "duplicate_id",
                     f"patient id {pid!r} appeared in an earlier row; this row is skipped")
             yield r.where, None, issues
             continue
-        seen.add(pid)
         pt = _patient(m, r, pid)
         g = store.get(pid)
         if g is not None:
@@ -1248,7 +1251,7 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
             issues.extend(g.issues)
         yield r.where, pt, issues
     # Sorted so that the output does not depend on dict insertion details of the long tables.
-    for pid in store.ids_not_in(seen):
+    for pid in store.orphan_ids():
         g = store.get(pid)
         assert g is not None
         tables = ", ".join(f"{k} rows in {f}" for f, k in sorted(g.rows.items()))
