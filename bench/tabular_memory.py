@@ -6,7 +6,7 @@ For each size N, writes (not timed) a tab-separated export shaped like the SMART
 in ../shared/registry-examples: a patients table of N rows and a labs table of N x ROWS rows in
 random patient order (a registry groups by patient only loosely), then reads every record with
 `screener.adapters.tabular.iter_patients` in a fresh child process and reports its peak RSS
-(ru_maxrss), the time, and the on-disk size of the labs table. The issue's requirement is that
+(VmHWM), the time, and the on-disk size of the labs table. The issue's requirement is that
 memory stays flat whatever the input size: the peak should not grow with N.
 
 `--record` appends the table, with date and machine, to bench/RESULTS.md.
@@ -77,9 +77,22 @@ def child(d: str) -> None:
         if patient is not None:
             n += 1
             obs += len(patient["observations"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"patients": n, "observations": obs, "seconds": time.perf_counter() - t,
-                      "peak_mib": peak}))
+                      "peak_mib": peak_mib()}))
+
+
+def peak_mib() -> float:
+    """This process's peak RSS since it started its program: VmHWM (Linux). ru_maxrss is not
+    used: across fork + exec it keeps the parent's high-water mark, which here is the parent
+    that has just written a large export (it made a 320,000-patient run read 175 MiB instead
+    of the child's own 93)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
