@@ -85,10 +85,15 @@ class DataIssue:
         return d
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """`text`, cut to `limit` characters (ending in "...") for messages and labels: input text
+    quoted in a report must not copy a megabyte-long value into it."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def short_repr(x: object, limit: int = 80) -> str:
     """repr(x), cut to `limit` characters for messages."""
-    s = repr(x)
-    return s if len(s) <= limit else s[:limit - 3] + "..."
+    return cut(repr(x), limit)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

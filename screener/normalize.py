@@ -43,7 +43,7 @@ from .elements import (
     condition_for,
     normalise_unit,
 )
-from .errors import DataIssue, PatientDataError, did_you_mean, short_repr
+from .errors import DataIssue, PatientDataError, cut, did_you_mean, short_repr
 from .ir import Slot, Trial, encode_number, per_object, slots_of
 
 MAX_ENTRIES = 50_000
@@ -445,8 +445,7 @@ MAX_SOURCE_CHARS = 200
 
 
 def _source(given: Any, loc: str) -> str:
-    s = str(given or loc)
-    return s if len(s) <= MAX_SOURCE_CHARS else s[:MAX_SOURCE_CHARS - 3] + "..."
+    return cut(str(given or loc), MAX_SOURCE_CHARS)
 
 
 def _unusable(prep: Prepared, name: str, day: date | None, stamp: str, loc: str, code: str,

@@ -49,7 +49,7 @@ from screener.elements import (
     by_loinc,
     condition_for,
 )
-from screener.errors import short_repr
+from screener.errors import cut, short_repr
 
 __all__ = ["bundle_to_patient", "resources_to_patient"]
 
@@ -382,14 +382,11 @@ def _code_label(codings: list[_Coding], text: str | None) -> tuple[str, str]:
             key = f"{c.system or '?'}|{c.code}"
             # cut, not quoted: codes and display names are shown as sent, but a megabyte-long
             # "display" must not be copied into every report
-            return key, _cut(key) + (f" ({_cut(c.display)})" if c.display else "")
+            return key, cut(key) + (f" ({cut(c.display)})" if c.display else "")
     if text:
         return f"text|{text}", short_repr(text, 200)
     return "none", "no code"
 
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _source(r: _Res) -> str:
