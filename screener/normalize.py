@@ -472,19 +472,15 @@ def _broader_of(item: Mapping[str, Any]) -> str | None:
 #: treated as possibly misspelt (each check is a fuzzy match over the catalogue: a 2 MiB body
 #: of 21,000 distinct unknown names took 7.5 s before this bound)
 MAX_SPELLING_CHECKS = 200
-#: element name -> its did-you-mean (short names only; registries repeat their misspellings)
-_CLOSE: dict[str, str | None] = {}
-
-
 def _close_element(name: str) -> str | None:
-    hit = _CLOSE.get(name, _UNCACHED)
-    if hit is _UNCACHED:
-        hit = did_you_mean(name, ELEMENTS)
-        if len(name) <= _MAX_CACHED_TEXT:
-            if len(_CLOSE) >= 10_000:
-                _CLOSE.clear()
-            _CLOSE[name] = hit
-    return hit  # type: ignore[return-value]
+    """The catalogue element `name` may be a misspelling of (cached for short names, as
+    `parse_date` caches dates: registries repeat their misspellings)."""
+    return _close_cached(name) if len(name) <= _MAX_CACHED_TEXT else did_you_mean(name, ELEMENTS)
+
+
+@lru_cache(maxsize=8192)
+def _close_cached(name: str) -> str | None:
+    return did_you_mean(name, ELEMENTS)
 
 
 def _unknown_name(prep: Prepared, item: Mapping[str, Any], loc: str, what: str) -> None:
@@ -801,6 +797,8 @@ _PlanEntry = tuple[Slot, str, int, int, dict[str, Any]]
 #: `Prepared.filled` (an int hashes at once; the tuple was hashed on every lookup). Grows only
 #: with distinct rule content, not with patients.
 _FILL_IDS: dict[tuple[Any, ...], int] = {}
+
+
 def _plan(trial: Trial, detail: bool) -> list[_PlanEntry]:
     return _plans(trial)[detail]
 
