@@ -147,21 +147,21 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{name} must be an integer, got {v!r}") from None
 
+        def flag(name: str, default: bool) -> bool:
+            v = (text(name) or ("1" if default else "0")).lower()
+            if v not in ("0", "1", "true", "false", "yes", "no"):
+                raise SettingsError(f"{name} must be 0 or 1, got {v!r}")
+            return v in ("1", "true", "yes")
+
         rules = tuple(p.strip() for p in (text("SCREENER_RULES") or DEFAULT_RULES).split(",")
                       if p.strip())
         keys = tuple(k.strip() for k in (text("SCREENER_API_KEYS") or "").split(",")
                      if k.strip())
-        dev = (text("SCREENER_DEV_MODE") or "0").lower()
-        if dev not in ("0", "1", "true", "false", "yes", "no"):
-            raise SettingsError(f"SCREENER_DEV_MODE must be 0 or 1, got {dev!r}")
         sup = text("SCREENER_SUPERVISOR_PID")
-        gc_tuning = (text("SCREENER_GC_TUNING") or "1").lower()
-        if gc_tuning not in ("0", "1", "true", "false", "yes", "no"):
-            raise SettingsError(f"SCREENER_GC_TUNING must be 0 or 1, got {gc_tuning!r}")
         return cls(
             rules=rules,
             api_keys=keys,
-            dev_mode=dev in ("1", "true", "yes"),
+            dev_mode=flag("SCREENER_DEV_MODE", False),
             max_body_bytes=integer("SCREENER_MAX_BODY_BYTES", DEFAULT_MAX_BODY),
             decision_log=text("SCREENER_DECISION_LOG"),
             log_salt=text("SCREENER_LOG_SALT"),
@@ -172,6 +172,6 @@ class Settings:
             cors_origins=tuple(o.strip() for o in (text("SCREENER_CORS_ORIGINS") or "").split(",")
                                if o.strip()),
             supervisor_pid=int(sup) if sup and sup.isdigit() else None,
-            tune_gc=gc_tuning in ("1", "true", "yes"),
+            tune_gc=flag("SCREENER_GC_TUNING", True),
             cds_trust=text("SCREENER_CDS_TRUST"),
         )

@@ -125,6 +125,6 @@ def loads_strict(raw: bytes) -> Any:
         doc = json.loads(raw, parse_constant=_reject_constant)
         # orjson refuses lone surrogates; the standard library keeps them as code points that
         # no UTF-8 encoder accepts later
-        if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode()):
+        if _SURROGATE_ESCAPE.search(raw):
             _check_surrogates(doc)
     return doc

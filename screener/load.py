@@ -78,11 +78,12 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 def load_text(text: str, path: str) -> Located:
     """Parse YAML text. Raises `_LoadError` wrapped as a list of RuleError by `load`."""
     doc = Located(data=None, path=path, text=text)
-    budget = [MAX_VALUES]
+    budget = MAX_VALUES
 
     def build(node: yaml.Node, p: Path) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
+        nonlocal budget
+        budget -= 1
+        if budget < 0:
             raise _LoadError(RuleError(path, node.start_mark.line + 1, node.start_mark.column + 1,
                                        "yaml.too_large", f"the document expands to more than "
                                        f"{MAX_VALUES:,} values (YAML aliases repeating a block?)"))
