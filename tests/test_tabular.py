@@ -4,6 +4,7 @@ streaming, and mapping errors."""
 from __future__ import annotations
 
 import csv
+import os
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,35 @@ def test_long_rows_are_filed_on_disk_and_the_store_is_removed(
     next(it)
     it.close()   # a consumer that stops early (a failed run)
     assert not list(tmp_path.glob("screener-long-*"))
+
+
+def test_a_killed_runs_store_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL leaves the temporary store behind (no cleanup runs); the next store made in the
+    same directory removes those of dead processes only."""
+    import subprocess
+    import sys
+
+    from screener.adapters.tabular import _LongStore
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"screener-long-{dead_pid}-abc123"
+    dead.mkdir()
+    (dead / "rows.db").write_bytes(b"x" * 100)
+    live = tmp_path / f"screener-long-{os.getppid()}-def456"   # a process that is alive
+    live.mkdir()
+    (live / "rows.db").write_bytes(b"y")
+    foreign = tmp_path / f"screener-long-{dead_pid}-ghi789"     # not shaped like ours
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    other = tmp_path / "screener-longish"
+    other.mkdir()
+    store = _LongStore(str(tmp_path))
+    try:
+        assert not dead.exists()
+        assert live.exists() and foreign.exists() and other.exists()
+        mine = [p for p in tmp_path.glob(f"screener-long-{os.getpid()}-*")]
+        assert len(mine) == 1 and (mine[0] / "rows.db").exists()
+    finally:
+        store.close()
+    assert not list(tmp_path.glob(f"screener-long-{os.getpid()}-*"))

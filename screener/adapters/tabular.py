@@ -92,7 +92,8 @@ Memory
 The patients table streams: CSV / TSV with the ``csv`` module one row at a time, Parquet with
 ``ParquetFile.iter_batches``. Long tables (labs, problems) are grouped by patient only loosely
 in registry exports, so each is read once, its rows are parsed and filed by patient id in a
-temporary SQLite database on disk (`_LongStore`, removed when the iteration ends), and each
+temporary SQLite database on disk (`_LongStore`, removed when the iteration ends; a store
+left by a killed run is removed by the next run), and each
 patient's rows are read back, in their original order, when its patient row streams by. The
 patient ids already met (for duplicates and orphans) are kept there too. **Memory stays flat
 whatever the size of the tables** (bench/tabular_memory.py); disk use is about the size of the
@@ -970,9 +971,13 @@ class _LongStore:
     """
 
     _BATCH = 20_000
+    PREFIX = "screener-long-"
 
-    def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="screener-long-")
+    def __init__(self, parent: str | None = None) -> None:
+        parent = parent or tempfile.gettempdir()
+        _remove_stale_stores(parent)
+        # the pid in the name lets a later run tell a killed run's store from a live one's
+        self._dir = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent)
         self._db = sqlite3.connect(os.path.join(self._dir, "rows.db"))
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-32768",
                        "temp_store=FILE"):
@@ -1036,6 +1041,30 @@ class _LongStore:
             self._db.close()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _remove_stale_stores(parent: str) -> None:
+    """Remove the stores of runs that died without cleaning up (SIGKILL, power loss): those
+    named with the pid of a process that no longer exists. A store of a live process (or of a
+    pid now reused by another process) is left alone; so is anything not shaped like ours."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_LongStore.PREFIX):
+            continue
+        pid_text = name[len(_LongStore.PREFIX):].split("-", 1)[0]
+        path = os.path.join(parent, name)
+        if not pid_text.isdigit() or not os.path.isdir(path) or \
+                not set(os.listdir(path)) <= {"rows.db"}:
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError, ValueError):
+            pass   # alive under another user, or not a pid at all
 
 
 def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
