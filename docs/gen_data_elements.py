@@ -33,6 +33,14 @@ def _codes(e: Element) -> str:
         parts.append("SNOMED " + ", ".join(e.snomed))
     if e.icd10:
         parts.append("ICD-10 " + ", ".join(_icd(p) for p in e.icd10))
+    broader = [f"SNOMED {c}" for c in e.broader_snomed] + \
+        [f"ICD-10 {_icd(p)}" for p in e.broader_icd10]
+    if broader:
+        parts.append("possible only (unknown): " + ", ".join(broader))
+    if e.point_event:
+        parts.append("a point event: windows count its onset only")
+    if e.sticky:
+        parts.append(f"`{e.sticky}` is not cleared by later results")
     return "; ".join(parts) or "-"
 
 

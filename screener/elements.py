@@ -55,6 +55,14 @@ class Element:
     #: criteria on it become unknown. (SNOMED codes, ICD-10 prefixes)
     broader_snomed: tuple[str, ...] = ()
     broader_icd10: tuple[str, ...] = ()
+    #: an event at one point in time (a myocardial infarction): a windowed test counts it by
+    #: its onset only. Without this, a record that began before the window and is still
+    #: active (or has no end) counts as lasting into it, as a thrombosis or a bleed does.
+    point_event: bool = False
+    #: a coded value that a later result does not clear (a BCR-ABL1 fusion found once is a
+    #: property of the leukemia; a later negative is response to treatment or another assay):
+    #: the newest result with this value counts, however many newer results say otherwise
+    sticky: str | None = None
 
 
 def _f(x: str) -> Fraction:
@@ -119,7 +127,7 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     Element("cd19_pct", "quantity", "CD19-positive leukemic cells (flow cytometry)", unit="%",
             units=_PERCENT, plausible=(0, 100)),
     Element("bcr_abl1", "coded", "BCR-ABL1 fusion (molecular)", values=_POSNEG,
-            loinc=("21821-4", "49795-8", "42714-6")),
+            loinc=("21821-4", "49795-8", "42714-6"), sticky="positive"),
     Element("disease_status", "coded", "disease status at screening",
             values=("newly_diagnosed", "relapsed", "refractory", "remission")),
     Element("cns_status", "coded", "CNS involvement (CNS1 = none, CNS2/CNS3 = involved)",
@@ -160,35 +168,79 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     Element("childbearing_potential", "boolean", "of childbearing potential (or partner of)"),
     # --- cardiovascular and other comorbidities ---------------------------------------------
     Element("myocardial_infarction", "condition", "myocardial infarction",
-            snomed=("22298006",), icd10=("I21", "I22")),
+            snomed=("22298006",), icd10=("I21", "I22"), point_event=True),
     Element("heart_failure", "condition", "congestive / chronic heart failure",
-            snomed=("84114007", "42343007", "88805009"), icd10=("I50",)),
+            snomed=("84114007", "42343007", "88805009"),
+            # I11.0, I13.0, I13.2: hypertensive heart (and kidney) disease with heart failure
+            icd10=("I50", "I110", "I130", "I132")),
+    # I20.0; ICD-10-CM combination codes "... coronary artery disease with unstable angina"
+    # (I25.110, I25.7x0)
     Element("unstable_angina", "condition", "unstable angina", snomed=("4557003",),
-            icd10=("I200",)),
+            icd10=("I200", "I25110", "I25700", "I25710", "I25720", "I25730", "I25750",
+                   "I25760", "I25790")),
+    # Other arrhythmias and conduction disorders (I44-I49: heart block, atrial fibrillation,
+    # cardiac arrest, ...) may be "clinically significant": possible, not proven (unknown)
     Element("severe_arrhythmia", "condition", "clinically significant arrhythmia (e.g. VF, VT)",
-            snomed=("71908006", "25569003"), icd10=("I470", "I472", "I490")),
+            snomed=("71908006", "25569003"), icd10=("I470", "I472", "I490"),
+            broader_icd10=("I44", "I45", "I46", "I47", "I48", "I49")),
     Element("uncontrolled_hypertension", "condition",
             "uncontrolled hypertension, hypertensive crisis or encephalopathy",
             icd10=("I16", "I674")),
+    # I74 arterial embolism and thrombosis (limbs, abdominal aorta, ...), I75 atheroembolism;
+    # occlusion or stenosis of cerebral / precerebral arteries (I65, I66) may be thrombotic
     Element("arterial_thrombosis", "condition", "arterial thrombosis (stroke, TIA)",
-            snomed=("230690007", "422504002", "266257000"), icd10=("I63", "I61", "I64", "G45")),
+            snomed=("230690007", "422504002", "266257000"),
+            icd10=("I63", "I61", "I64", "G45", "I74", "I75"), broader_icd10=("I65", "I66")),
+    # Deep veins of the legs (I82.4, I82.5; I80.1-I80.2 thrombophlebitis), of the arms and
+    # trunk (I82.62, I82.72 deep upper limb; I82.A axillary, I82.B subclavian, I82.C internal
+    # jugular; I82.2 vena cava), and in pregnancy (O22.3, O87.1). Unspecified or other veins
+    # (I80.3, I80.8-9, I82.60, I82.70, I82.8-9, I82.3 renal, I81 portal) and a history code
+    # (Z86.71) make a DVT possible, not proven. Superficial veins (I80.0, I82.61, I82.71) are
+    # another disease.
     Element("dvt", "condition", "deep vein thrombosis", snomed=("128053003",),
-            icd10=("I824", "I825")),
+            icd10=("I824", "I825", "I801", "I802", "I8262", "I8272", "I82A", "I82B", "I82C",
+                   "I822", "O223", "O871"),
+            broader_icd10=("I803", "I808", "I809", "I8260", "I8270", "I828", "I829", "I823",
+                           "I81", "Z8671")),
     Element("pulmonary_embolism", "condition", "pulmonary embolism", snomed=("59282003",),
-            icd10=("I26",)),
-    # "Symptomatic" DVT/PE is not coded with the diagnosis; this records the clinician's word
-    Element("vte_symptomatic", "boolean", "the recorded DVT / PE was symptomatic"),
+            icd10=("I26",), broader_icd10=("O882",)),
+    # "Symptomatic" DVT/PE is not coded with the diagnosis; this records the clinician's word.
+    # Sticky: with two events in a window, a "false" recorded for the later one must not hide
+    # a symptomatic earlier one (each flag is dated with its event; a corrected flag is marked
+    # entered-in-error, which is never used).
+    Element("vte_symptomatic", "boolean", "the recorded DVT / PE was symptomatic",
+            sticky="true"),
     Element("high_risk_cv_procedure", "condition",
             "coronary angioplasty, defibrillation or other high-risk cardiovascular procedure"),
     Element("respiratory_insufficiency", "condition", "severe respiratory insufficiency",
             icd10=("J96",)),
-    Element("gi_bleeding", "condition", "active gastrointestinal bleeding", icd10=("K922",)),
+    # ICD-10 names the bleeding: haematemesis, melaena, unspecified haemorrhage (K92.0-2);
+    # ulcers with haemorrhage (K25-K28 .0 .2 .4 .6, K22.11 oesophageal); gastritis with bleeding
+    # (K29.x1); diverticular disease with bleeding (K57.x1, K57.x3); angiodysplasia with bleeding
+    # (K31.811, K55.21); anal / rectal haemorrhage (K62.5); bleeding varices (I85.01, I85.11).
+    # The same codes without bleeding are another disease.
+    Element("gi_bleeding", "condition", "active gastrointestinal bleeding",
+            icd10=("K920", "K921", "K922", "K2211",
+                   *(f"K{u}{s}" for u in (25, 26, 27, 28) for s in (0, 2, 4, 6)),
+                   *(f"K29{s}1" for s in (0, 2, 3, 4, 5, 6, 7, 8, 9)),
+                   *(f"K57{s}" for s in ("01", "11", "13", "21", "31", "33", "41", "51", "53",
+                                         "81", "91", "93")),
+                   "K31811", "K5521", "K625", "I8501", "I8511")),
+    # Hepatic failure (K72), alcoholic hepatic failure (K70.4), hepatorenal syndrome (K76.7),
+    # hepatic encephalopathy (K76.82), alcoholic cirrhosis with ascites (K70.31). Cirrhosis
+    # without a sign of decompensation (K70.3, K74.6), portal hypertension (K76.6) and ascites
+    # (R18) make it possible, not proven.
     Element("decompensated_liver", "condition", "decompensated liver dysfunction",
-            icd10=("K7211", "K7291", "K767")),
+            icd10=("K72", "K704", "K767", "K7682", "K7031"),
+            broader_icd10=("K703", "K746", "K766", "R18")),
+    # Acute kidney failure (N17), CKD stage 4-5 and end stage (N18.4-N18.6), dependence on
+    # dialysis (Z99.2); CKD of unspecified or moderate stage (N18.3, N18.9) and unspecified
+    # kidney failure (N19) make it possible, not proven.
     Element("renal_dysfunction", "condition", "severe renal dysfunction",
-            icd10=("N17", "N185", "N186")),
+            icd10=("N17", "N184", "N185", "N186", "Z992"),
+            broader_icd10=("N183", "N189", "N19")),
     Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction"),
-    Element("epilepsy", "condition", "epilepsy", snomed=("84757009",), icd10=("G40",)),
+    Element("epilepsy", "condition", "epilepsy", snomed=("84757009",), icd10=("G40", "G41")),
     Element("antiepileptic_therapy", "boolean", "currently on antiepileptic therapy"),
     Element("blinatumomab_hypersensitivity", "condition",
             "hypersensitivity to blinatumomab or its components"),

@@ -853,6 +853,19 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
         start = days_before(prep.as_of, win)
         usable = readings if not readings or readings[-1].day >= start else \
             [r for r in readings if r.day >= start]
+    sticky = ELEMENTS[name].sticky
+    if sticky is not None and usable:
+        kept = next((r for r in usable if r.value == sticky), None)
+        if kept is not None:
+            # decisive whatever newer, unusable or conflicting results say (see Element.sticky)
+            if detail:
+                ev["value"] = kept.shown
+                ev["date"] = kept.day.isoformat()
+                ev["source"] = kept.source
+                if kept is not usable[0]:
+                    ev["basis"] = (f"a {sticky} result is not cleared by later results "
+                                   f"(newest: {usable[0].shown} on {usable[0].day})")
+            return kept.code
     newest_stamp = usable[0].stamp if usable else ""
     for day, stamp, why, loc in prep.unusable.get(name, ()):
         # an unusable result as new as the newest usable one (or undated) hides it
@@ -920,38 +933,18 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
     hits: list[CondRecord] = []
     doubts: list[str] = [why for name in slot.element for why in prep.suspect.get(name, [])]
     for name in slot.element:
+        point = ELEMENTS[name].point_event
         for r in prep.conditions.get(name, []):
+            placed, why = _place(r, slot.active, start, point)
+            if placed is None:
+                continue   # cannot fall in the window (or is not active), confirmed or not
             if r.doubtful:
+                # placed in the window but not confirmed (provisional, broader code, ...)
                 doubts.append(f"{name} ({r.source}) is not confirmed")
-                continue
-            if slot.active:
-                if r.abatement is not None or (r.clinical in _ENDED):
-                    continue
-                if r.clinical not in _ACTIVE:
-                    doubts.append(f"{name} ({r.source}) has no clinical status")
-                    continue
-            if r.onset is None:
-                if start is None:
-                    hits.append(r)
-                elif r.abatement is not None and r.abatement < start:
-                    continue
-                else:
-                    doubts.append(f"{name} ({r.source}) has no onset date")
-                continue
-            if start is None or r.onset >= start:
+            elif placed:
                 hits.append(r)
-                continue
-            # began before the window: counts if it lasted into it
-            if r.abatement is not None:
-                if r.abatement >= start:
-                    hits.append(r)
-            elif r.clinical in _ACTIVE:
-                hits.append(r)
-            elif r.clinical in _ENDED:
-                doubts.append(f"{name} ({r.source}) began {r.onset} and ended on an "
-                              "unknown date")
             else:
-                doubts.append(f"{name} ({r.source}) began {r.onset}; status unknown")
+                doubts.append(why)
     if hits:
         if detail:
             first = max(hits, key=lambda r: (r.onset or date.min, r.loc))
@@ -971,6 +964,38 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
         ev.update({"value": "absent", "basis": "documented absent"})
         return "false"
     return _reviewed_absent(prep, slot, max_age, ev)
+
+
+def _place(r: CondRecord, active: bool, start: date | None, point: bool
+           ) -> tuple[bool | None, str]:
+    """Where a condition record stands for a test: (True, "") it counts; (None, "") it cannot
+    count (ended before the window, or not active where the test asks for active); (False,
+    why) it cannot be placed, so the test is unknown. `point`: the record is an event at its
+    onset (a myocardial infarction), which does not last into a window."""
+    name = r.element
+    if active:
+        if r.abatement is not None or (r.clinical in _ENDED):
+            return None, ""
+        if r.clinical not in _ACTIVE:
+            return False, f"{name} ({r.source}) has no clinical status"
+    if r.onset is None:
+        if start is None:
+            return True, ""
+        if r.abatement is not None and r.abatement < start:
+            return None, ""
+        return False, f"{name} ({r.source}) has no onset date"
+    if start is None or r.onset >= start:
+        return True, ""
+    # began before the window: counts if it lasted into it
+    if point:
+        return None, ""
+    if r.abatement is not None:
+        return (True, "") if r.abatement >= start else (None, "")
+    if r.clinical in _ACTIVE:
+        return True, ""
+    if r.clinical in _ENDED:
+        return False, f"{name} ({r.source}) began {r.onset} and ended on an unknown date"
+    return False, f"{name} ({r.source}) began {r.onset}; status unknown"
 
 
 def _reviewed_absent(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]

@@ -128,8 +128,8 @@ def test_data_issues_of_the_example_patient_are_shown(tmp_path: Path) -> None:
 
 def test_files_whose_examples_are_malformed_are_not_run(tmp_path: Path) -> None:
     f = seed_copy(tmp_path, "NCT06111625",
-                  ("attest: {inc_disease_records: met}\n    status: eligible",
-                   "attest: {inc_disease_record: met}\n    status: eligible"))
+                  ("attest: {inc_disease_records: met, exc_organ",
+                   "attest: {inc_disease_record: met, exc_organ"))
     code, out, _ = run_cli("test", str(f))
     assert code == 1
     assert "error[example.unknown_criterion]" in out and "did you mean 'inc_disease_records'" \
