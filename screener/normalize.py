@@ -13,7 +13,13 @@ Decisions that matter clinically (each documented in docs/rules.md):
 * newest result inside the window counts; a newer result never loses to an older one, and a
   newest result that cannot be used (no reference range for x ULN) makes the slot unknown rather
   than falling back to an older result;
-* two different values at the same newest timestamp are a conflict: unknown;
+* two different values at the same newest timestamp are a conflict: unknown. "Newest" compares
+  moments, not text: a time with a zone is an instant; a date, a partial date or a time without
+  a zone is local time (the span it covers on a clock whose zone is not known). Local times
+  compare with each other directly, instants with each other, and a local time with an instant
+  over every zone it may be in. Results that may be as new as the newest one and disagree
+  with it are unknown (a dated-only result and a timed one of the same day; two zones naming
+  one instant);
 * censored values (`<20`), indeterminate serology and unknown sex are unknown;
 * absence of a condition is proven only by a documented negative or a fresh complete review.
 """
@@ -87,6 +93,14 @@ class Reading(NamedTuple):
     ratio: int | None = None
     ratio_shown: str = ""
     uln_shown: str = ""
+    #: earliest and latest moment (microseconds, UTC) the date may mean, and whether it had a
+    #: zone; see `time_span`
+    lo: int = 0
+    hi: int = 0
+    zoned: bool = False
+    #: the result came with a reference range that could not be used (so a site default ULN,
+    #: meant for results without one, must not stand in for it)
+    range_unusable: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,11 +116,15 @@ class CondRecord:
 
 @dataclass(frozen=True)
 class Exposure:
+    """One recorded course. `start` / `end` are full dates (end capped at as_of); a record
+    with only `days` (or partial dates) is undated. `problem`: why its days cannot be used."""
     element: str
     days: int | None
     start: date | None
     source: str
     loc: str
+    end: date | None = None
+    problem: str = ""
 
 
 @dataclass
@@ -123,7 +141,9 @@ class Prepared:
     reviewed: dict[str, date] = field(default_factory=dict)
     issues: list[DataIssue] = field(default_factory=list)
     #: element -> unusable results (date or None, stamp, reason, loc)
-    unusable: dict[str, list[tuple[date | None, str, str, str]]] = field(default_factory=dict)
+    #: element -> (date, timestamp as recorded, why, location, time span) of unusable results
+    unusable: dict[str, list[tuple[date | None, str, str, str, tuple[int, int, bool]]]] = \
+        field(default_factory=dict)
     #: element -> why records of it may exist that we could not read (misspelt names, ...)
     suspect: dict[str, list[str]] = field(default_factory=dict)
     #: entries with an element name not in the catalogue, checked for misspellings so far
@@ -172,6 +192,63 @@ def _parse_date_uncached(raw: str) -> tuple[date | None, bool]:
         return date(y, mo, d), bool(m.group(5))
     except ValueError:
         return None, False
+
+
+_TIME = re.compile(r"^T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?$")
+_US_DAY = 86_400_000_000
+_US_HOUR = 3_600_000_000
+#: zones run from UTC-12 to UTC+14: a date without a zone may mean any moment in that spread
+_EAST, _WEST = 14 * _US_HOUR, 12 * _US_HOUR
+
+
+def time_span(raw: Any) -> tuple[int, int, bool]:
+    """(earliest, latest, zoned): the moments (microseconds since 0001-01-01 UTC) a recorded
+    date or date-time may mean. One instant for a time with a zone (zoned); for local time (a
+    time without a zone; the whole day, month or year of a date) its span in every zone from
+    UTC+14 to UTC-12. (0, 0, False) when unusable. See `may_be_as_new`."""
+    if not isinstance(raw, str):
+        return 0, 0, False
+    if len(raw) > _MAX_CACHED_TEXT:   # no real timestamp is this long: its day (or period)
+        raw = raw.strip()[:10].rstrip("-T")
+    return _time_span(raw)
+
+
+@lru_cache(maxsize=8192)
+def _time_span(raw: str) -> tuple[int, int, bool]:
+    text = raw.strip()
+    m = _DATE.match(text)
+    d, complete = parse_date(raw)
+    if not m or d is None:
+        return 0, 0, False
+    start = d.toordinal() * _US_DAY
+    if not complete:
+        end = (date(d.year, 12, 31) if not m.group(3) else _month_end(d)).toordinal()
+        return start - _EAST, (end + 1) * _US_DAY + _WEST - 1, False
+    t = _TIME.match(text[m.end():]) if text[m.end():] else None
+    if t is None:   # a date, or a time we cannot read: the whole day
+        return start - _EAST, start + _US_DAY + _WEST - 1, False
+    hh, mm, ss = int(t.group(1)), int(t.group(2)), int(t.group(3) or 0)
+    if hh > 23 or mm > 59 or ss > 60:
+        return start - _EAST, start + _US_DAY + _WEST - 1, False
+    frac = int((t.group(4) or "0").ljust(6, "0")[:6])
+    moment = start + ((hh * 60 + mm) * 60 + ss) * 1_000_000 + frac
+    zone = t.group(5)
+    if zone is None:
+        return moment - _EAST, moment + _WEST, False
+    if zone == "Z":
+        return moment, moment, True
+    offset = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000_000
+    moment = moment - offset if zone[0] == "+" else moment + offset
+    return moment, moment, True
+
+
+def may_be_as_new(hi: int, zoned: bool, than_lo: int, than_zoned: bool) -> bool:
+    """Whether a result whose span ends at `hi` may be as recent as one whose span starts at
+    `than_lo`. Two local times share their (unknown) zone, so they compare on the clock: the
+    zone spread added by `time_span` is taken off again."""
+    if zoned or than_zoned:
+        return hi >= than_lo
+    return hi - _WEST >= than_lo + _EAST
 
 
 def parse_number(raw: Any) -> Fraction | None:
@@ -288,8 +365,8 @@ def prepare(patient: Any, as_of: date) -> Prepared:
     return prep
 
 
-def _newest_first(r: Reading) -> tuple[str, str]:
-    return (r.stamp, r.loc)
+def _newest_first(r: Reading) -> tuple[int, int, str]:
+    return (r.hi, r.lo, r.loc)
 
 
 def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
@@ -385,7 +462,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         return
     raw_date = get("date")
     day = parse_date(raw_date)[0]
-    stamp = str(raw_date) if day is not None else ""
+    stamp = raw_date.strip() if day is not None else ""
     if day is not None and day > prep.as_of:
         prep.issue(f"{loc}.date", "after_as_of",
                    f"dated {day}, after as_of {prep.as_of}: not used", name)
@@ -415,7 +492,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             return
         prep.readings.setdefault(name, []).append(Reading(
             name, q.value, stamp, day, q.uln, q.shown, source, loc, q.code, q.ratio,
-            q.ratio_shown, q.uln_shown))
+            q.ratio_shown, q.uln_shown, *time_span(raw_date), bool(q.range_problem)))
         return
     elif el.kind == "boolean":
         value = _boolean(raw)
@@ -436,7 +513,8 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             return
         shown = value
     prep.readings.setdefault(name, []).append(
-        Reading(name, value, stamp, day, None, shown, source, loc, value))
+        Reading(name, value, stamp, day, None, shown, source, loc, value, None, "", "",
+                *time_span(raw_date)))
 
 
 #: provenance labels longer than this are cut in reports (a record's `source` is shown beside
@@ -453,7 +531,9 @@ def _unusable(prep: Prepared, name: str, day: date | None, stamp: str, loc: str,
     # An unusable result still counts as the newest evidence of its date: it may say
     # something the older usable results do not, so it hides them (see `_reading`).
     prep.issue(where, code, msg, name)
-    prep.unusable.setdefault(name, []).append((day, stamp, msg, loc))
+    prep.unusable.setdefault(name, []).append((day, stamp, msg, loc,
+                                               time_span(stamp) if day is not None else
+                                               (0, 0, False)))
 
 
 def _system_name(system: str) -> str:
@@ -722,27 +802,53 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         _unknown_name(prep, item, loc, "exposure")
         return
     source = _source(item.get("source"), loc)
-    end = None
     start, later = _event_day(prep, item, "start", loc, name)
     if later:
         return
+    problem = ""
+    partial = item.get("start") is not None and start is not None and \
+        not parse_date(item.get("start"))[1]
+    end = None
     if item.get("end") is not None:
-        d, _ = parse_date(item.get("end"))
+        d, complete = parse_date(item.get("end"))
         if d is None:
             prep.issue(f"{loc}.end", "date", f"unusable end {short_repr(item.get('end'))}", name)
+            problem = f"{name} course {loc} has an unusable end date"
         else:
-            end = min(d, prep.as_of)
+            end = d
+            partial = partial or not complete
     days: int | None = None
     if item.get("days") is not None:
         n = parse_number(item["days"]) if not isinstance(item["days"], str) else None
         if n is None or n.denominator != 1 or not 0 <= n <= 3650:
             # kept with an unknown duration (the criterion becomes unknown), never dropped
             prep.issue(f"{loc}.days", "value", f"unusable days {short_repr(item['days'])}", name)
+            problem = f"{name} course {loc} has unusable days"
         else:
             days = int(n)
-    elif start and end and end >= start:
-        days = (end - start).days + 1
-    prep.exposures.setdefault(name, []).append(Exposure(name, days, start, source, loc))
+    if partial:
+        # a partial date cannot place the course: its days count only if stated, undated
+        if days is None:
+            problem = problem or f"{name} course {loc} has a partial date: its days are unknown"
+        start = end = None
+    elif start is not None and end is not None:
+        if end < start:
+            problem = problem or f"{name} course {loc} ends before it starts"
+        elif days is not None and days != (end - start).days + 1:
+            problem = problem or (f"{name} course {loc}: {days} days stated, but its dates span "
+                                  f"{(end - start).days + 1}")
+        end = min(end, prep.as_of)
+    elif start is not None and days is not None:
+        # stated days from a start date: only those up to as_of have been given
+        end = min(start + timedelta(days=days - 1), prep.as_of) if days > 0 else None
+    elif start is not None and days is None:
+        problem = problem or f"{name} exposure without a duration"
+    elif start is None and end is not None:
+        start = end = None   # an end alone places nothing: the stated days count, undated
+    if start is None and days is None and not problem:
+        problem = f"{name} exposure without a duration"
+    prep.exposures.setdefault(name, []).append(
+        Exposure(name, days, start, source, loc, end, problem))
 
 
 # ---- filling slots --------------------------------------------------------------------------
@@ -866,10 +972,11 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
                     ev["basis"] = (f"a {sticky} result is not cleared by later results "
                                    f"(newest: {usable[0].shown} on {usable[0].day})")
             return kept.code
-    newest_stamp = usable[0].stamp if usable else ""
-    for day, stamp, why, loc in prep.unusable.get(name, ()):
-        # an unusable result as new as the newest usable one (or undated) hides it
-        if day is None or (_within(day, prep.as_of, win) and stamp >= newest_stamp):
+    top_lo, top_zoned = (usable[0].lo, usable[0].zoned) if usable else (0, False)
+    for day, stamp, why, loc, (_, u_hi, u_zoned) in prep.unusable.get(name, ()):
+        # an unusable result that may be as new as the newest usable one (or undated) hides it
+        if day is None or (_within(day, prep.as_of, win) and (
+                not usable or may_be_as_new(u_hi, u_zoned, top_lo, top_zoned))):
             when = f"of {stamp}" if day is not None else "without a date"
             ev["missing"] = f"{name} result {when} ({loc}) is unusable: {why}"
             return None
@@ -882,10 +989,15 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
             ev["missing"] = f"no {name} result"
         return None
     newest = usable[0]
-    if len(usable) > 1 and usable[1].stamp == newest.stamp:
-        same = [r for r in usable if r.stamp == newest.stamp]
-        if len({(r.value, r.uln) for r in same}) > 1:
-            ev["missing"] = (f"conflicting {name} results at {newest.stamp}: "
+    if len(usable) > 1:
+        # results that may be as new as the newest (same moment, or spans that overlap; with
+        # local times and instants mixed, not only the next in order)
+        same = [r for r in usable if may_be_as_new(r.hi, r.zoned, newest.lo, newest.zoned)]
+        if len(same) > 1 and len({(r.value, r.uln) for r in same}) > 1:
+            stamps = sorted({r.stamp for r in same})
+            at = (f"at {stamps[0]}" if len(stamps) == 1 else
+                  "that may be equally recent (" + ", ".join(stamps) + ")")
+            ev["missing"] = (f"conflicting {name} results {at}: "
                              + ", ".join(sorted({r.shown for r in same})))
             return None
     if detail:
@@ -895,6 +1007,11 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
     if slot.mode == "uln":
         code, ratio_shown, uln_shown = newest.ratio, newest.ratio_shown, newest.uln_shown
         if newest.uln is None:
+            if newest.range_unusable:
+                ev["missing"] = (f"{name} result of {newest.day} has a reference range that "
+                                 "cannot be used (see data issues); the site default applies "
+                                 "only to results without one")
+                return None
             uln = dict(site_uln).get(name)
             if uln is None:
                 ev["missing"] = f"{name} result of {newest.day} has no reference range upper limit"
@@ -1024,11 +1141,34 @@ def _days(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> int |
         ev["missing"] = "; ".join(prep.suspect[name])
         return None
     recs = prep.exposures.get(name, [])
-    if any(r.days is None for r in recs):
-        ev["missing"] = f"{name} exposure without a duration"
+    problems = sorted({r.problem for r in recs if r.problem})
+    if problems:
+        ev["missing"] = "; ".join(problems)
         return None
     if recs:
-        total = sum(r.days or 0 for r in recs)
+        # Courses are merged by their dates, not added up: one course is often recorded twice
+        # (a MedicationStatement and its MedicationAdministrations, pharmacy and nursing) and
+        # infusion bags overlap. Undated courses cannot be matched against anything.
+        spans = sorted((r.start, r.end) for r in recs if r.start is not None and
+                       r.end is not None)
+        union = 0
+        cur_start = cur_end = None
+        for a, b in spans:
+            if cur_end is None or a > cur_end + timedelta(days=1):
+                if cur_end is not None and cur_start is not None:
+                    union += (cur_end - cur_start).days + 1
+                cur_start, cur_end = a, b
+            elif b > cur_end:
+                cur_end = b
+        if cur_end is not None and cur_start is not None:
+            union += (cur_end - cur_start).days + 1
+        undated = [r.days or 0 for r in recs if r.start is None]
+        total = max([union, *undated])
+        most = union + sum(undated)
+        if undated and len(recs) > 1 and most != total:
+            ev["missing"] = (f"{name} records without dates may describe the same course as "
+                             f"others: between {total} and {most} days")
+            return None
         ev.update({"value": f"{total} days", "source": ", ".join(sorted({r.source for r in recs}))})
         return encode_number(Fraction(total))
     rev = prep.reviewed.get("exposures")

@@ -289,6 +289,7 @@ def test_long_text_and_huge_numbers_never_become_cache_keys(screener: Screener) 
     normalize._QUANTITIES.clear()
     normalize._text_number.cache_clear()
     normalize._parse_date_text.cache_clear()
+    normalize._time_span.cache_clear()
     long_text = "1" * 5000
     p = {"observations": [
         {**ALT, "value": long_text},
@@ -301,7 +302,9 @@ def test_long_text_and_huge_numbers_never_become_cache_keys(screener: Screener) 
     keys = list(normalize._QUANTITIES)
     assert all(len(repr(k)) < 500 for k in keys), keys
     assert normalize._text_number.cache_info().currsize == 0
-    assert normalize._parse_date_text.cache_info().currsize <= 3
+    # three dates, and the date part (10 characters) of the long timestamp, never the whole text
+    assert normalize._parse_date_text.cache_info().currsize <= 4
+    assert normalize._time_span.cache_info().currsize <= 4
 
 
 def test_huge_strings_are_not_copied_into_reports(screener: Screener) -> None:

@@ -38,7 +38,8 @@ def _check_shape(patient: dict[str, Any], issues: list[dict[str, str]]) -> None:
     for key in ("observations", "conditions", "exposures"):
         assert isinstance(patient[key], list)
     for o in patient["observations"]:
-        assert o["element"] in ELEMENTS and "value" in o and isinstance(o["date"], str)
+        # an undated result is passed on without a date (the normalizer makes it unusable)
+        assert o["element"] in ELEMENTS and "value" in o and isinstance(o.get("date", ""), str)
     for c in patient["conditions"]:
         assert ("element" in c) != ("codes" in c)
     for e in patient["exposures"]:
@@ -230,10 +231,13 @@ def test_pregnancy_status_coding(code: str, expected: bool) -> None:
                                   "source": "Observation/o1"}]
 
 
-def test_pregnancy_status_unknown_is_skipped_with_issue() -> None:
+def test_pregnancy_status_unknown_is_unusable_with_issue() -> None:
+    # Passed on with an unreadable value (not skipped): skipped, an older "not pregnant" decides.
     p, issues = bundle_to_patient(obs("82810-3", valueCodeableConcept={
         "coding": [{"system": SNOMED, "code": "152231000119106"}], "text": "Pregnancy unknown"}))
-    assert p["observations"] == []
+    (o,) = p["observations"]
+    assert o["element"] == "pregnant" and o["date"] == "2026-11-01"
+    assert isinstance(o["value"], str) and o["value"].startswith("unreadable")
     assert "fhir.unmapped_value" in codes_of(issues)
 
 
@@ -353,7 +357,9 @@ def test_value_abc_gives_issue() -> None:
         obs("5196-1", valueString="abc"),
         obs("1742-6", valueQuantity="abc"),
     ))
-    assert p["observations"] == []
+    # each is passed on as an unusable result of its element, and reported
+    assert [o["element"] for o in p["observations"]] == ["alt", "alt", "hbsag", "alt"]
+    assert all(str(o["value"]).startswith("unreadable") for o in p["observations"])
     assert codes_of(issues).count("fhir.bad_value") == 2
     assert "fhir.unmapped_value" in codes_of(issues)
     assert "fhir.malformed" in codes_of(issues)
@@ -446,11 +452,13 @@ def test_contained_observations_and_nested_bundles() -> None:
     assert "fhir.empty_entry" not in codes_of(issues)
 
 
-def test_undated_observation_without_report_is_skipped() -> None:
+def test_undated_observation_without_report_is_passed_on_undated() -> None:
+    # undated, it is unusable in the normalizer and hides the element's other results
     r = obs("1742-6", valueQuantity={"value": 90, "unit": "U/L"})
     del r["effectiveDateTime"]
     p, issues = bundle_to_patient(r)
-    assert p["observations"] == [] and "fhir.missing_date" in codes_of(issues)
+    (o,) = p["observations"]
+    assert "date" not in o and o["value"] == 90 and "fhir.missing_date" in codes_of(issues)
     r["issued"] = "2026-11-02T10:00:00Z"
     p, issues = bundle_to_patient(r)
     assert p["observations"][0]["date"] == "2026-11-02T10:00:00Z"
@@ -569,10 +577,11 @@ def test_unreadable_verification_status_becomes_unconfirmed() -> None:
     assert "fhir.unreadable_status" in codes_of(issues)
 
 
-def test_observation_status_of_wrong_type_is_skipped() -> None:
+def test_observation_status_of_wrong_type_is_unknown() -> None:
+    # read as absent it would count as final; skipped, an older result would decide
     p, issues = bundle_to_patient(obs("1742-6", status={"code": "entered-in-error"},
                                       valueQuantity={"value": 30, "unit": "U/L"}))
-    assert p["observations"] == [] and "fhir.malformed" in codes_of(issues)
+    assert p["observations"][0]["status"] == "unknown" and "fhir.malformed" in codes_of(issues)
 
 
 def test_long_has_member_chain() -> None:

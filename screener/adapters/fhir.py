@@ -24,6 +24,22 @@ Decisions worth knowing (also in docs/data-elements.md):
 - MedicationStatement / MedicationAdministration with status entered-in-error, not-done,
   not-taken or intended are dropped here (with an issue), because an exposure record has no status
   field to carry that information.
+- An Observation of a catalogue element whose value cannot be read (text that is no number or
+  known answer, valueRange, a wrong JSON type, an unknown code, a value contradicting its
+  interpretation flag, a log10 viral load of 0), or that has no date, is NOT skipped: skipped,
+  an older result would decide. It is passed on (with its date, status and source when it has
+  them) with a value the normalizer cannot use ("unreadable: ..."), so that the normalizer's
+  rule applies: an unusable result hides older results of its element, an undated one all of
+  them. Only an Observation with no value at all (dataAbsentReason) is skipped.
+- Reference ranges: only ranges whose appliesTo (sex) and age may fit the patient; if those
+  left disagree on the upper limit, none is passed on (x ULN becomes unknown).
+- Repeated resources (one type and id): identical copies count once; of differing versions
+  only the clearly latest (meta.versionId / meta.lastUpdated) is used, else all are passed on
+  as unusable (Observation status "unknown", Condition "unconfirmed", exposure without dates).
+  Same-id Patients that disagree on birthDate or gender leave that field out. Results listed by
+  an entered-in-error / cancelled DiagnosticReport or panel get status "unknown".
+- Pregnancy: an active pregnancy Condition is `pregnant` = true at its onset; a negative hCG
+  test is `pregnant` = false, a positive one an unusable pregnancy status (not ruled out).
 - Plain dict access on purpose: FHIR model libraries are 10-1000x slower and reject the very
   resources we must survive.
 """
@@ -31,9 +47,11 @@ Decisions worth knowing (also in docs/data-elements.md):
 from __future__ import annotations
 
 import calendar
+import datetime as dt
+import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -91,7 +109,10 @@ _RESULT_CODES: dict[tuple[str, str], str] = {
     (LOINC, "LA11882-0"): "pos",    # Detected
     (LOINC, "LA11883-8"): "neg",    # Not detected
 }
-_RESULT_INTERPRETATION = {"POS": "pos", "DET": "pos", "NEG": "neg", "ND": "neg", "IND": "ind"}
+# v3 ObservationInterpretation: RR reactive, NR non-reactive; WR (weakly reactive) and E
+# (equivocal) decide nothing and read as indeterminate.
+_RESULT_INTERPRETATION = {"POS": "pos", "DET": "pos", "NEG": "neg", "ND": "neg", "IND": "ind",
+                          "RR": "pos", "NR": "neg", "WR": "ind", "E": "ind"}
 # Exact phrases only (after _norm_text): a substring test would read "not detected" as detected.
 _RESULT_TEXT: dict[str, str] = {
     **dict.fromkeys(("positive", "pos", "reactive", "repeatedly reactive", "detected",
@@ -102,8 +123,13 @@ _RESULT_TEXT: dict[str, str] = {
 }
 _RESULT_VALUE = {
     "positive": {"pos": "positive", "neg": "negative", "ind": "indeterminate"},
-    "detected": {"pos": "detected", "neg": "not_detected"},
+    # "indeterminate" is no detected / not_detected value: the normalizer reads it as an
+    # uninformative result, which hides older results instead of letting them decide
+    "detected": {"pos": "detected", "neg": "not_detected", "ind": "indeterminate"},
 }
+# Viral loads reported in log10 units (HBV DNA 48398-2, HCV RNA 38180-6): 0 means 1 IU/mL, and
+# labs also write 0 for "not detected", so only a plain positive number is read (as detected).
+_LOG_LOINC = ("48398-2", "38180-6")
 
 # ECOG answers (LOINC answer list LL529-9).
 _ECOG_ANSWERS = {"LA9622-7": 0, "LA9623-5": 1, "LA9624-3": 2, "LA9625-0": 3, "LA9626-8": 4,
@@ -119,14 +145,29 @@ _BOOL_TEXT = {"yes": True, "y": True, "true": True, "no": False, "n": False, "fa
 _PREGNANCY_CODES: dict[tuple[str, str], bool] = {
     (SNOMED, "77386006"): True,     # Pregnant
     (SNOMED, "60001007"): False,    # Not pregnant
+    (LOINC, "LA15173-0"): True,     # Pregnant (LOINC answer list LL4129-4)
+    (LOINC, "LA26683-5"): False,    # Not pregnant (LA4489-6 Unknown stays unusable)
 }
 _PREGNANCY_TEXT = {"pregnant": True, "not pregnant": False}
+# Pregnancy tests (hCG presence, urine / serum): a negative one is a "not pregnant" status; a
+# positive one does not prove pregnancy (it may be a tumour marker or a recent loss) but does not
+# rule it out either, so it becomes an unusable pregnancy status (the criterion is unknown).
+_HCG_LOINC = ("2106-3", "2118-8")
+# Conditions that say "currently pregnant" (ICD-10 entries are prefixes, dots removed): an
+# active one becomes a `pregnant` = true observation dated at its onset.
+_PREGNANCY_SNOMED = ("77386006", "72892002")
+_PREGNANCY_ICD10 = ("Z331", "Z34")
+#: value given to an observation whose FHIR value cannot be read: no number, boolean or coded
+#: value, so the normalizer finds it unusable and it hides older results of its element
+#: (docs/patient-format.md) instead of letting them decide
+_UNREADABLE = "unreadable"
 
 _BLINATUMOMAB_RXNORM = "1603296"
 _BLINATUMOMAB_WORDS = ("blinatumomab", "blincyto")
 
 _COMPARATORS = ("<", "<=", ">", ">=")
 _CLINICAL_STATUS = ("active", "recurrence", "relapse", "inactive", "remission", "resolved")
+_ENDED_STATUS = ("inactive", "remission", "resolved")
 _VERIFICATION_STATUS = ("unconfirmed", "provisional", "differential", "confirmed", "refuted",
                         "entered-in-error")
 # An exposure has no status field, so these must be decided here.
@@ -143,6 +184,7 @@ _DATETIME_RE = re.compile(
 _NUMBER_RE = re.compile(r"^\s*(<=|>=|<|>)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
 _PATIENT_REF_RE = re.compile(r"(?:^|/)Patient/([^/]+)$")
 _HISTORY_RE = re.compile(r"/_history/[^/]*$")
+_TYPE_ID_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+/[^/]+?)(?:/_history/[^/]*)?$")
 
 
 # --- small typed helpers -------------------------------------------------------------------------
@@ -262,6 +304,14 @@ class _Run:
     medications: dict[str, JsonDict] = field(default_factory=dict)
     #: id(observation dict) -> date inherited from the DiagnosticReport / panel that lists it
     inherited_dates: dict[int, str] = field(default_factory=dict)
+    #: id(resource dict) -> (issue code, why) it cannot be used as it stands: a result listed by
+    #: a retracted report or panel, or one of several differing versions of one resource
+    doubtful: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: "Type/id" of resources deleted by a history Bundle entry (request DELETE)
+    deleted: set[str] = field(default_factory=set)
+    #: the screened Patient's sex and birth date (reference range applicability)
+    sex: str | None = None
+    birth: str | None = None
 
     def issue(self, loc: str, code: str, msg: str) -> None:
         self.issues.append({"loc": loc, "code": code, "msg": msg})
@@ -431,6 +481,13 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
                 # Requests (DELETE) and responses legitimately carry no resource.
                 if "request" not in e and "response" not in e:
                     run.issue(eloc, "fhir.empty_entry", "Bundle entry without a resource")
+                req = e.get("request")
+                if isinstance(req, dict) and req.get("method") == "DELETE" and \
+                        isinstance(req.get("url"), str):
+                    m = _TYPE_ID_RE.search(req["url"].split("?")[0].strip())
+                    if m:
+                        # a history Bundle: every version of that resource is in doubt
+                        run.deleted.add(m.group(1))
                 continue
             fu = e.get("fullUrl")
             _collect(run, res, eloc, fu if isinstance(fu, str) else None, depth + 1, out)
@@ -499,9 +556,10 @@ def _subject_key(r: _Res) -> str | None:
 
 # --- Observation ------------------------------------------------------------------------------
 
-def _element_of(run: _Run, codings: list[_Coding], loc: str) -> tuple[str | None, bool]:
-    """(element, ambiguous). Codes naming two different elements are a contradiction that no
-    mapping can resolve, so the result is reported rather than guessed."""
+def _element_of(run: _Run, codings: list[_Coding], loc: str) -> tuple[str | None, list[str]]:
+    """(element, every element named). Codes naming two different elements are a contradiction
+    that no mapping can resolve: no element, and the caller passes the result on as unusable for
+    each element named rather than guess."""
     found: list[str] = []
     for c in codings:
         if c.code is None:
@@ -517,9 +575,10 @@ def _element_of(run: _Run, codings: list[_Coding], loc: str) -> tuple[str | None
             found.append(name)
     if len(found) > 1:
         run.issue(loc, "fhir.ambiguous_code",
-                  f"codes map to several data elements ({', '.join(found)}); ignored")
-        return None, True
-    return (found[0] if found else None), False
+                  f"codes map to several data elements ({', '.join(found)}); passed on as an "
+                  f"unusable result of each")
+        return None, found
+    return (found[0] if found else None), found
 
 
 def _quantity(run: _Run, q: JsonDict, loc: str) -> JsonDict | None:
@@ -583,15 +642,18 @@ def _one(run: _Run, found: Iterable[T], loc: str, what: str) -> T | None:
     if len(vals) == 1:
         return vals[0]
     if not vals:
-        run.issue(loc, "fhir.unmapped_value", f"{what}: value not recognised; ignored")
+        run.issue(loc, "fhir.unmapped_value", f"{what}: value not recognised; unusable")
     else:
         run.issue(loc, "fhir.ambiguous_value",
-                  f"{what}: value reads as {', '.join(map(str, vals))}; ignored")
+                  f"{what}: value reads as {', '.join(map(str, vals))}; unusable")
     return None
 
 
 def _coded_result(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
     table = _RESULT_VALUE["positive" if ELEMENTS[el].values == _POSNEG else "detected"]
+    # The lab's interpretation flag: it must agree with the value (a "Negative" flagged POS is
+    # a contradiction that no reading resolves).
+    interp = _result_class_list(run, holder, loc)
     if holder.get("valueCodeableConcept") is not None:
         cc = run.get(holder, "valueCodeableConcept", dict, loc)
         found = _result_class(run, cc, f"{loc}.valueCodeableConcept") if cc is not None else set()
@@ -602,22 +664,61 @@ def _coded_result(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | 
     elif holder.get("valueQuantity") is not None and ELEMENTS[el].values == _DETECT:
         # A viral load is a quantity; the normalizer decides detected / not detected.
         q = run.get(holder, "valueQuantity", dict, loc)
-        return _quantity(run, q, f"{loc}.valueQuantity") if q is not None else None
+        fields = _quantity(run, q, f"{loc}.valueQuantity") if q is not None else None
+        return _viral_load(run, el, holder, loc, fields, interp) if fields is not None else None
     elif holder.get("valueQuantity") is not None:
         # Serology reported as an index (S/CO) is read through the lab's interpretation flag.
-        found = _result_class_list(run, holder, loc)
+        found = set(interp)
     else:
-        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; ignored")
+        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; unusable")
         return None
     cls = _one(run, found, loc, el)
     if cls is None:
         return None
+    if interp and interp != {cls}:
+        run.issue(loc, "fhir.ambiguous_value", f"{el}: value reads {_WORD[cls]} but "
+                  f"interpretation {_words(interp)}; unusable")
+        return None
     value = table.get(cls)
     if value is None:
         run.issue(loc, "fhir.unmapped_value", f"{el}: result {short_repr(cls)} has no value in "
-                  f"{'/'.join(ELEMENTS[el].values)}; ignored")
+                  f"{'/'.join(ELEMENTS[el].values)}; unusable")
         return None
     return {"value": value}
+
+
+def _viral_load(run: _Run, el: str, holder: JsonDict, loc: str, fields: JsonDict,
+                interp: set[str]) -> JsonDict | None:
+    """A viral load quantity, checked against log units and the interpretation flag."""
+    value, comparator = fields["value"], fields.get("comparator")
+    unit = fields.get("unit")
+    codes = [c.code for c in _Run().codings(holder, "code", loc)]
+    if any(c in _LOG_LOINC for c in codes) or (isinstance(unit, str) and "log" in unit.lower()):
+        if comparator is not None or not value > 0:
+            run.issue(f"{loc}.valueQuantity", "fhir.bad_value",
+                      f"{el}: {comparator or ''}{value} in log10 units (0 is 1 IU/mL, and some "
+                      f"labs write 0 for not detected); unusable")
+            return None
+        fields = {"value": "detected"}  # a positive log10 load was measured, so detected
+        reading: str | None = "pos"
+    elif comparator in (">", ">=") or (comparator is None and value > 0):
+        reading = "pos"
+    elif comparator is None and value == 0:
+        reading = "neg"
+    else:
+        reading = None
+    if interp and reading is not None and interp != {reading}:
+        run.issue(loc, "fhir.ambiguous_value", f"{el}: quantity {comparator or ''}{value} reads "
+                  f"{_WORD[reading]} but interpretation {_words(interp)}; unusable")
+        return None
+    return fields
+
+
+_WORD = {"pos": "positive", "neg": "negative", "ind": "indeterminate"}
+
+
+def _words(classes: set[str]) -> str:
+    return "/".join(_WORD.get(c, c) for c in sorted(classes))
 
 
 def _result_class_list(run: _Run, holder: JsonDict, loc: str) -> set[str]:
@@ -645,7 +746,7 @@ def _coded_other(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | N
         if s is not None and _norm_value(s) in values:
             found.append(_norm_value(s))
     else:
-        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; ignored")
+        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; unusable")
         return None
     value = _one(run, found, loc, el)
     return {"value": value} if value is not None else None
@@ -679,7 +780,7 @@ def _boolean(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
         if s is not None and _norm_text(s) in texts:
             found.append(texts[_norm_text(s)])
     else:
-        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; ignored")
+        run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; unusable")
         return None
     value = _one(run, found, loc, el)
     return {"value": value} if value is not None else None
@@ -701,7 +802,7 @@ def _number(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
         parsed = _parse_number(s) if isinstance(s, str) else None
         if parsed is None:
             run.issue(f"{loc}.valueString", "fhir.bad_value",
-                      f"{el}: valueString {short_repr(s)} is not a number; ignored"[:200])
+                      f"{el}: valueString {short_repr(s)} is not a number; unusable"[:200])
             return None
         out: JsonDict = {"value": parsed[1]}
         if parsed[0] is not None:
@@ -720,7 +821,7 @@ def _number(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
                     found.append(parsed[1])
         value = _one(run, found, loc, el)
         return {"value": value} if value is not None else None
-    run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; ignored")
+    run.issue(loc, "fhir.unmapped_value", f"{el}: unsupported value type; unusable")
     return None
 
 
@@ -748,7 +849,18 @@ def _range_quantity(run: _Run, rr: JsonDict, key: str, loc: str) -> tuple[object
     return v, _unit(run, q, f"{loc}.{key}")
 
 
-def _reference_range(run: _Run, holder: JsonDict, loc: str) -> JsonDict | None:
+def _reference_range(run: _Run, holder: JsonDict, loc: str, on: str | None
+                     ) -> JsonDict | None:
+    """The normal range that applies to this patient, or None.
+
+    Ranges of another type (therapeutic, treatment) and ranges whose appliesTo / age exclude the
+    patient are left out; a range whose applicability cannot be decided (no sex or birth date,
+    another population such as pregnancy) could apply. If the ranges left disagree on the upper
+    limit, none is given (with an issue): the x ULN comparison becomes unknown rather than use
+    the first one, which may belong to the other sex or to children.
+    """
+    candidates: list[tuple[int, JsonDict]] = []
+    excluded = 0
     for i, rr in run.items(holder, "referenceRange", loc):
         rloc = f"{loc}.referenceRange[{i}]"
         kinds = [c.code for c in run.codings(rr, "type", rloc) if c.code]
@@ -760,6 +872,9 @@ def _reference_range(run: _Run, holder: JsonDict, loc: str) -> JsonDict | None:
         high, high_unit = _range_quantity(run, rr, "high", rloc)
         if low is None and high is None:
             continue
+        if not _range_could_apply(run, rr, rloc, on):
+            excluded += 1
+            continue
         out: JsonDict = {}
         unit = high_unit if high is not None else low_unit
         if low is not None and (high is None or low_unit == high_unit or low_unit is None):
@@ -768,8 +883,126 @@ def _reference_range(run: _Run, holder: JsonDict, loc: str) -> JsonDict | None:
             out["high"] = high
         if unit is not None:
             out["unit"] = unit
-        return out
-    return None
+        candidates.append((i, out))
+    # 1.2 and 1.20 are one limit; a range without an upper limit differs from one with
+    highs = {(Decimal(str(c["high"])), str(c.get("unit"))) if "high" in c else None
+             for _i, c in candidates}
+    if len(highs) > 1:
+        shown = ", ".join(f"[{i}] high {c.get('high')} {c.get('unit') or ''}".rstrip()
+                          for i, c in candidates)
+        run.issue(f"{loc}.referenceRange", "fhir.ambiguous_range",
+                  cut(f"reference ranges that could apply to this patient disagree on the upper "
+                      f"limit ({shown}); passed on as unusable"))
+        # a range the normalizer cannot use (not an absent one, which a site default ULN
+        # could stand in for): the x ULN criterion is unknown
+        return {"high": "ambiguous: several ranges could apply"}
+    if not candidates and excluded:
+        run.issue(f"{loc}.referenceRange", "fhir.ambiguous_range",
+                  "no reference range applies to this patient (appliesTo / age)")
+        return {"high": "none of the ranges applies to this patient"}
+    return candidates[0][1] if candidates else None
+
+
+_GENDER_SYSTEMS = {
+    "http://hl7.org/fhir/administrative-gender": {"male": "male", "female": "female"},
+    "http://terminology.hl7.org/CodeSystem/v3-AdministrativeGender": {"M": "male", "F": "female"},
+    SNOMED: {"248153007": "male", "248152002": "female"},
+}
+_AGE_UNITS = {"a": "a", "y": "a", "yr": "a", "yrs": "a", "year": "a", "years": "a", "mo": "mo",
+              "month": "mo",
+              "months": "mo", "wk": "wk", "week": "wk", "weeks": "wk", "d": "d", "day": "d",
+              "days": "d"}
+
+
+def _range_could_apply(run: _Run, rr: JsonDict, loc: str, on: str | None) -> bool:
+    """False only when the range's appliesTo or age clearly excludes this patient."""
+    silent = _Run()  # the range was already checked for shape; applicability is best effort
+    for _k, cc in silent.items(rr, "appliesTo", loc):
+        sexes = set()
+        other = False
+        for c in silent.concept(cc, loc):
+            sex = _GENDER_SYSTEMS.get(c.system or "", {}).get(c.code or "")
+            if sex is not None:
+                sexes.add(sex)
+            else:
+                other = True
+        if not sexes and not other:
+            t = silent.text(cc, "text", loc)
+            if t is not None and _norm_text(t) in ("male", "female"):
+                sexes.add(_norm_text(t))
+        # one concept: its codings are spellings of it; a sex coding beside an unknown one is
+        # still that sex
+        if len(sexes) == 1 and run.sex in ("male", "female") and run.sex not in sexes:
+            return False
+    age = silent.get(rr, "age", dict, loc)
+    if age is not None and run.birth is not None and on is not None:
+        low = _age_bound(silent, age, "low", loc)
+        high = _age_bound(silent, age, "high", loc)
+        if low is False or high is False:
+            return True  # unreadable: cannot decide
+        for bound, is_low in ((low, True), (high, False)):
+            if not isinstance(bound, tuple):
+                continue
+            value, unit = bound
+            span = _age_span(run.birth, on, unit)
+            if span is None:
+                return True
+            if (is_low and span[1] < value) or (not is_low and span[0] > value):
+                return False
+    return True
+
+
+def _age_bound(run: _Run, age: JsonDict, key: str, loc: str
+               ) -> tuple[float, str] | bool | None:
+    """(value, unit) of one end of Range age; None if absent, False if unreadable."""
+    q = run.get(age, key, dict, loc)
+    if q is None:
+        return None
+    v = q.get("value")
+    unit = _unit(run, q, loc)
+    u = _AGE_UNITS.get(unit.strip().lower()) if unit else None
+    if not isinstance(v, (int, float, Decimal)) or not _is_number(v) or u is None:
+        return False
+    return float(v), u
+
+
+def _age_span(birth: str, on: str, unit: str) -> tuple[int, int] | None:
+    """(least, greatest) completed age in `unit` at `on`, allowing for partial dates and a day
+    of time-zone slack; None if a date cannot be read."""
+
+    def bounds(s: str) -> tuple[dt.date, dt.date] | None:
+        m = _DATE_RE.match(s[:10]) if len(s) >= 4 else None
+        if not m or not _valid_date_parts(m.group(1), m.group(2), m.group(3)):
+            return None
+        y = int(m.group(1))
+        if y < 1:
+            return None
+        if m.group(2) is None:
+            return dt.date(y, 1, 1), dt.date(y, 12, 31)
+        mo = int(m.group(2))
+        if m.group(3) is None:
+            return dt.date(y, mo, 1), dt.date(y, mo, calendar.monthrange(y, mo)[1])
+        d = dt.date(y, mo, int(m.group(3)))
+        return d, d
+
+    b, o = bounds(birth), bounds(on)
+    if b is None or o is None:
+        return None
+    slack = dt.timedelta(days=1 if len(on) > 10 else 0)
+    try:
+        early, late = o[0] - slack, o[1] + slack
+    except OverflowError:
+        return None
+
+    def completed(born: dt.date, at: dt.date) -> int:
+        if unit == "a":
+            return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+        if unit == "mo":
+            return (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
+        days = (at - born).days
+        return days // 7 if unit == "wk" else days
+
+    return completed(b[1], early), completed(b[0], late)
 
 
 def _obs_date(run: _Run, res: JsonDict, loc: str) -> str | None:
@@ -785,14 +1018,11 @@ def _report_date(run: _Run, res: JsonDict, loc: str) -> str | None:
     return d or run.date(res, "issued", loc)
 
 
-def _inherit_dates(run: _Run, found: list[_Res]) -> None:
-    """Give undated results the date of the report or panel that lists them.
+_Resolver = Callable[[object, str | None], _Res | None]
 
-    Lab feeds (the HL7 general health profile among them) date the DiagnosticReport and leave
-    its results (result[] -> panel -> hasMember[]) undated; in FHIR the report's effective time
-    is the clinically relevant time of those results, so dropping them would lose real data.
-    """
-    silent = _Run()  # dates are re-read (and reported) when each resource is mapped
+
+def _observation_resolver(found: list[_Res]) -> _Resolver:
+    """A function (reference, container) -> the Observation it names in the input, or None."""
     index: dict[tuple[str | None, str], _Res] = {}
     for r in found:
         if r.rtype != "Observation":
@@ -817,6 +1047,19 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
             m = re.search(r"(?:^|/)(Observation/[^/]+?)(?:/_history/[^/]*)?$", target)
             hit = index.get((None, m.group(1))) if m else None
         return hit
+
+    return resolve
+
+
+def _inherit_dates(run: _Run, found: list[_Res]) -> None:
+    """Give undated results the date of the report or panel that lists them.
+
+    Lab feeds (the HL7 general health profile among them) date the DiagnosticReport and leave
+    its results (result[] -> panel -> hasMember[]) undated; in FHIR the report's effective time
+    is the clinically relevant time of those results, so dropping them would lose real data.
+    """
+    silent = _Run()  # dates are re-read (and reported) when each resource is mapped
+    resolve = _observation_resolver(found)
 
     def push(first: _Res, date: str, seen: set[int]) -> None:
         # Iterative: a long hasMember chain must not hit the recursion limit.
@@ -855,6 +1098,51 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
                 push(r, own, set())
 
 
+_RETRACTED_STATUS = ("entered-in-error", "cancelled")
+
+
+def _mark_retracted(run: _Run, found: list[_Res]) -> None:
+    """Results listed by a DiagnosticReport or panel that is entered-in-error or cancelled
+    (contained, result[], hasMember[], transitively) are in doubt, whatever their own status
+    says: they are passed on as unusable (`_Run.doubtful`), so that neither they nor older
+    results of the same element decide."""
+    resolve = _observation_resolver(found)
+    by_parent: dict[int, list[_Res]] = {}
+    for r in found:
+        if r.parent is not None:
+            by_parent.setdefault(id(r.parent), []).append(r)
+    for r in found:
+        status = r.res.get("status")
+        if r.rtype not in ("DiagnosticReport", "Observation") or status not in _RETRACTED_STATUS:
+            continue
+        why = f"listed by {_source(r)}, whose status is {status}"
+        container = _source(r) if r.rtype == "DiagnosticReport" else r.container
+        stack = list(by_parent.get(id(r.res), [])) if r.rtype == "DiagnosticReport" else []
+        refs = r.res.get("result") if r.rtype == "DiagnosticReport" else None
+        for ref in refs if isinstance(refs, list) else []:
+            hit = resolve(ref, container)
+            if hit is not None:
+                stack.append(hit)
+        members = r.res.get("hasMember")
+        for ref in members if isinstance(members, list) else []:
+            hit = resolve(ref, r.container)
+            if hit is not None:
+                stack.append(hit)
+        seen: set[int] = {id(r.res)}
+        while stack:
+            child = stack.pop()
+            if id(child.res) in seen:
+                continue
+            seen.add(id(child.res))
+            if child.res.get("status") not in _RETRACTED_STATUS:
+                run.doubtful.setdefault(id(child.res), ("fhir.retracted_report", why))
+            kids = child.res.get("hasMember")
+            for ref in kids if isinstance(kids, list) else []:
+                hit = resolve(ref, child.container)
+                if hit is not None:
+                    stack.append(hit)
+
+
 def _has_value(holder: JsonDict) -> bool:
     return any(holder.get(k) is not None for k in _VALUE_KEYS)
 
@@ -862,64 +1150,166 @@ def _has_value(holder: JsonDict) -> bool:
 def _observation(run: _Run, r: _Res, out: JsonDict) -> None:
     res, loc = r.res, r.loc
     codings = run.codings(res, "code", loc)
-    element, ambiguous = _element_of(run, codings, f"{loc}.code")
-    # (element, value holder, loc, source, coded with a project code)
-    targets: list[tuple[str, JsonDict, str, str, bool]] = []
+    element, named = _element_of(run, codings, f"{loc}.code")
+    # (element, value holder, loc, source, coded with a project code, why it is unreadable)
+    targets: list[tuple[str, JsonDict, str, str, bool, str | None]] = []
     source = _source(r)
     for k, comp in run.items(res, "component", loc):
         cloc = f"{loc}.component[{k}]"
         ccodings = run.codings(comp, "code", cloc)
-        cel, _amb = _element_of(run, ccodings, f"{cloc}.code")
+        cel, cnamed = _element_of(run, ccodings, f"{cloc}.code")
         if cel is not None:
             targets.append((cel, comp, cloc, f"{source} component[{k}]",
-                            _via_project(ccodings, cel)))
+                            _via_project(ccodings, cel), None))
+        for name in cnamed if len(cnamed) > 1 else []:
+            targets.append((name, comp, cloc, f"{source} component[{k}]", False,
+                            "codes name several data elements"))
+    for name in named if len(named) > 1 else []:
+        targets.append((name, res, loc, source, False, "codes name several data elements"))
     if element is None and not targets:
-        if not ambiguous:
-            key, label = _code_label(codings, run.cc_text(res, "code", loc))
-            run.tally("fhir.unmapped_observation", key, loc,
-                      f"Observation {label} maps to no data element")
+        if any(c.system == LOINC and c.code in _HCG_LOINC for c in codings):
+            _pregnancy_test(run, r, out)
+            return
+        key, label = _code_label(codings, run.cc_text(res, "code", loc))
+        run.tally("fhir.unmapped_observation", key, loc,
+                  f"Observation {label} maps to no data element")
         return
     # A panel whose members sit in component[] has no value of its own: not an error.
     if element is not None and (_has_value(res) or not targets):
-        targets.insert(0, (element, res, loc, source, _via_project(codings, element)))
-    date = _obs_date(run, res, loc) or run.inherited_dates.get(id(res))
-    if date is None:
-        run.issue(loc, "fhir.missing_date",
-                  "Observation without effective[x] or issued date (none inherited from a "
-                  "DiagnosticReport either); ignored")
-        return
-    status = res.get("status")
-    if status is not None and not isinstance(status, str):
-        # Read as absent, the result would count as final; it may have said entered-in-error.
-        run.issue(f"{loc}.status", "fhir.malformed",
-                  f"status should be a string, got {_tname(status)}; Observation ignored")
-        return
-    for el, holder, hloc, src, via_project in targets:
-        if not _has_value(holder):
+        targets.insert(0, (element, res, loc, source, _via_project(codings, element), None))
+    date, status = _obs_date_status(run, r)
+    for el, holder, hloc, src, via_project, why in targets:
+        if why is None and not _has_value(holder):
+            # dataAbsentReason: the result does not exist, so there is nothing to pass on
             reason = run.cc_text(holder, "dataAbsentReason", hloc) or next(
                 (c.code for c in run.codings(holder, "dataAbsentReason", hloc) if c.code), None)
             run.issue(hloc, "fhir.missing_value",
                       f"{el}: no value" + (f" (data absent: {reason})" if reason else "")
                       + (f", status {status}" if status else "") + "; ignored")
             continue
-        fields = _value(run, el, holder, hloc)
+        seen = len(run.issues)
+        fields = _value(run, el, holder, hloc) if why is None else None
+        obs: JsonDict = {"element": el}
+        if fields is None and why is None and len(run.issues) > seen and \
+                not run.issues[-1]["msg"].endswith("not recognised; unusable"):
+            # the reason, when it says more than "not recognised" (then: the value itself)
+            why = run.issues[-1]["msg"].removesuffix("; unusable").removeprefix(f"{el}: ")
         if fields is None:
-            continue
-        unit = ELEMENTS[el].unit
-        if via_project and unit and "unit" not in fields and holder.get("valueQuantity") is None:
-            # A project code fixes its unit (docs/data-elements.md), so a bare number sent
-            # under it is in that unit; a bare number under a LOINC code is not (mg/dL or
-            # umol/L?) and stays unitless for the normalizer to judge.
-            fields["unit"] = unit
-        obs: JsonDict = {"element": el, **fields}
-        rr = _reference_range(run, holder, hloc)
-        if rr is not None:
-            obs["reference_range"] = rr
-        obs["date"] = date
+            # Unreadable: passed on with a value the normalizer cannot use, so that this result
+            # hides older ones of its element (skipped, an older result would decide).
+            obs["value"] = _unreadable_value(holder, why)
+        else:
+            unit = ELEMENTS[el].unit
+            if via_project and unit and "unit" not in fields and \
+                    holder.get("valueQuantity") is None:
+                # A project code fixes its unit (docs/data-elements.md), so a bare number sent
+                # under it is in that unit; a bare number under a LOINC code is not (mg/dL or
+                # umol/L?) and stays unitless for the normalizer to judge.
+                fields["unit"] = unit
+            obs.update(fields)
+            if ELEMENTS[el].uln:
+                rr = _reference_range(run, holder, hloc, date)
+                if rr is not None:
+                    obs["reference_range"] = rr
+        if date is not None:
+            obs["date"] = date
         if status is not None:
             obs["status"] = status
         obs["source"] = src
         out["observations"].append(obs)
+
+
+def _obs_date_status(run: _Run, r: _Res) -> tuple[str | None, str | None]:
+    """(date, status) of an Observation as passed on. No date: passed on undated (the normalizer
+    makes it unusable, hiding the element's other results). A status that cannot be read, or a
+    result in doubt (`_Run.doubtful`), becomes "unknown": read as absent it would count as final,
+    and it may have said entered-in-error."""
+    res, loc = r.res, r.loc
+    date = _obs_date(run, res, loc) or run.inherited_dates.get(id(res))
+    if date is None:
+        run.issue(loc, "fhir.missing_date",
+                  "Observation without effective[x] or issued date (none inherited from a "
+                  "DiagnosticReport either): passed on undated, so it is unusable")
+    status = res.get("status")
+    if status is not None and not isinstance(status, str):
+        run.issue(f"{loc}.status", "fhir.malformed",
+                  f"status should be a string, got {_tname(status)}; read as unknown (unusable)")
+        status = "unknown"
+    doubt = run.doubtful.get(id(res))
+    if doubt is not None and status not in _RETRACTED_STATUS:
+        run.issue(loc, doubt[0], f"{doubt[1]}: passed on with status unknown (unusable)")
+        status = "unknown"
+    return date, status
+
+
+def _unreadable_value(holder: JsonDict, why: str | None) -> str:
+    if why is None:
+        key = next((k for k in _VALUE_KEYS if holder.get(k) is not None), None)
+        v = holder.get(key) if key else None
+        if key == "valueCodeableConcept" and isinstance(v, dict):
+            silent = _Run()
+            shown = silent.text(v, "text", "") or next(
+                (c.display or c.code for c in silent.concept(v, "") if c.display or c.code), None)
+            why = f"{key} {short_repr(shown, 60)}"
+        else:
+            why = f"{key} {short_repr(v, 60)}" if key else "no value"
+    return cut(f"{_UNREADABLE}: {why}", 120)
+
+
+def _pregnancy_test(run: _Run, r: _Res, out: JsonDict) -> None:
+    """hCG pregnancy test (LOINC 2106-3 urine, 2118-8 serum) -> `pregnant`: negative = false;
+    positive, indeterminate or unreadable = unusable (pregnancy not ruled out: unknown)."""
+    res, loc = r.res, r.loc
+    if not _has_value(res):
+        run.issue(loc, "fhir.missing_value", "pregnancy test (hCG): no value; ignored")
+        return
+    date, status = _obs_date_status(run, r)
+    interp = _result_class_list(run, res, loc)
+    found: set[str] = set()
+    if res.get("valueCodeableConcept") is not None:
+        cc = run.get(res, "valueCodeableConcept", dict, loc)
+        found = _result_class(run, cc, f"{loc}.valueCodeableConcept") if cc is not None else set()
+    elif res.get("valueString") is not None:
+        s = run.text(res, "valueString", loc)
+        hit = _RESULT_TEXT.get(_norm_text(s)) if s is not None else None
+        found = {hit} if hit is not None else set()
+    elif res.get("valueQuantity") is not None:
+        # quantitative: above the reference upper limit is positive, below it negative
+        q = run.get(res, "valueQuantity", dict, loc)
+        fields = _quantity(run, q, f"{loc}.valueQuantity") if q is not None else None
+        rr = _reference_range(run, res, loc, date) if fields is not None else None
+        high = rr.get("high") if rr is not None else None
+        if fields is not None and high is not None and (
+                rr is None or rr.get("unit") is None
+                or str(rr.get("unit")).lower() == str(fields.get("unit")).lower()):
+            v, comp = fields["value"], fields.get("comparator")
+            if (comp is None and v > high) or (comp in (">", ">=") and v >= high):
+                found = {"pos"}
+            elif (comp is None and v < high) or (comp in ("<", "<=") and v <= high):
+                found = {"neg"}
+        elif fields is not None:
+            found = set(interp)
+    cls = _one(run, found, loc, "pregnancy test (hCG)")
+    if cls is not None and interp and interp != {cls}:
+        run.issue(loc, "fhir.ambiguous_value", f"pregnancy test (hCG): value reads {_WORD[cls]} "
+                  f"but interpretation {_words(interp)}; unusable")
+        cls = None
+    obs: JsonDict = {"element": "pregnant"}
+    if cls == "neg":
+        obs["value"] = False
+    elif cls == "pos":
+        run.issue(loc, "fhir.positive_pregnancy_test",
+                  "positive hCG: pregnancy not ruled out (nor proven); passed on as an unusable "
+                  "pregnancy status")
+        obs["value"] = _unreadable_value(res, "hCG test positive: pregnancy not ruled out")
+    else:
+        obs["value"] = _unreadable_value(res, None)
+    if date is not None:
+        obs["date"] = date
+    if status is not None:
+        obs["status"] = status
+    obs["source"] = _source(r)
+    out["observations"].append(obs)
 
 
 def _via_project(codings: list[_Coding], element: str) -> bool:
@@ -954,6 +1344,15 @@ def _verification(run: _Run, res: JsonDict, loc: str) -> str | None:
                   "verificationStatus present but unreadable: recorded as unconfirmed")
         return "unconfirmed"
     return code
+
+
+def _doubt_condition(run: _Run, r: _Res, verification: str | None) -> str | None:
+    """A record in doubt (differing versions of one resource) is passed on as unconfirmed."""
+    doubt = run.doubtful.get(id(r.res))
+    if doubt is None or verification in ("refuted", "entered-in-error"):
+        return verification
+    run.issue(r.loc, doubt[0], f"{doubt[1]}: recorded as unconfirmed")
+    return "unconfirmed"
 
 
 def _onset(run: _Run, res: JsonDict, loc: str, out: JsonDict) -> None:
@@ -1007,16 +1406,53 @@ def _condition(run: _Run, r: _Res, out: JsonDict) -> None:
     clinical = _status_field(run, res, "clinicalStatus", _CLINICAL_STATUS, loc)
     if clinical is not None:
         base["clinical_status"] = clinical
-    verification = _verification(run, res, loc)
+    verification = _doubt_condition(run, r, _verification(run, res, loc))
     if verification is not None:
         base["verification_status"] = verification
     base["source"] = _source(r)
+    if any(_is_pregnancy_code(cd) for cd in codes):
+        _pregnancy_condition(run, r, base, out)
     if not elements:
         out["conditions"].append({"codes": codes, **base})
     # Codes naming two elements (rare, e.g. a combined SNOMED concept) are both asserted: an
     # exclusion missed is worse than one shown with its evidence.
     for name in elements:
         out["conditions"].append({"element": name, **base})
+
+
+def _is_pregnancy_code(cd: dict[str, str]) -> bool:
+    if cd["system"] == SNOMED:
+        return cd["code"] in _PREGNANCY_SNOMED
+    if cd["system"] in (ICD10, ICD10CM):
+        return cd["code"].replace(".", "").upper().startswith(_PREGNANCY_ICD10)
+    return False
+
+
+def _pregnancy_condition(run: _Run, r: _Res, base: JsonDict, out: JsonDict) -> None:
+    """A Condition "pregnant" -> a `pregnant` observation dated at its onset (or recordedDate):
+    true when active and not in doubt; unusable when its status leaves it open; nothing for a
+    past (inactive / resolved) or refuted / entered-in-error one."""
+    clinical, verification = base.get("clinical_status"), base.get("verification_status")
+    if verification in ("refuted", "entered-in-error") or clinical in _ENDED_STATUS:
+        return
+    obs: JsonDict = {"element": "pregnant"}
+    if clinical in ("active", "recurrence", "relapse") and verification in (None, "confirmed") \
+            and "abatement" not in base:
+        obs["value"] = True
+    else:
+        why = ("pregnancy Condition without clinical status" if clinical is None else
+               f"pregnancy Condition {verification}" if verification not in (None, "confirmed")
+               else "pregnancy Condition active but with an abatement date")
+        run.issue(r.loc, "fhir.unclear_pregnancy", f"{why}: passed on as an unusable pregnancy "
+                  f"status")
+        obs["value"] = _unreadable_value({}, why)
+    if "onset" in base:
+        obs["date"] = base["onset"]
+    else:
+        run.issue(r.loc, "fhir.missing_date", "pregnancy Condition without onset or recordedDate: "
+                  "passed on undated, so it is unusable")
+    obs["source"] = base["source"]
+    out["observations"].append(obs)
 
 
 def _mentions_blinatumomab(codings: list[_Coding], texts: Iterable[str | None]) -> bool:
@@ -1057,7 +1493,7 @@ def _allergy(run: _Run, r: _Res, out: JsonDict) -> None:
     clinical = _status_field(run, res, "clinicalStatus", _CLINICAL_STATUS, loc)
     if clinical is not None:
         cond["clinical_status"] = clinical
-    verification = _verification(run, res, loc)
+    verification = _doubt_condition(run, r, _verification(run, res, loc))
     if verification is not None:
         cond["verification_status"] = verification
     cond["source"] = _source(r)
@@ -1104,6 +1540,11 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
     start = end = run.date(res, "effectiveDateTime", loc)
     if start is None:
         start, end = run.period(res, "effectivePeriod", loc)
+    doubt = run.doubtful.get(id(res))
+    if doubt is not None:
+        # differing versions: which dates are right is unknown, so the exposure days are too
+        run.issue(loc, doubt[0], f"{doubt[1]}: kept without dates, exposure days unknown")
+        start = end = None
     exposure: JsonDict = {"element": "blinatumomab"}
     # Whatever dates exist are kept: an open period (ongoing therapy) has no end, and even a
     # dateless record still proves that the drug was given, which exclusions care about.
@@ -1111,7 +1552,7 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
         exposure["start"] = start
     if end is not None:
         exposure["end"] = end
-    if start is None:
+    if start is None and doubt is None:
         run.issue(loc, "fhir.missing_date",
                   f"blinatumomab {r.rtype} without a start date: kept, exposure days unknown")
     exposure["source"] = _source(r)
@@ -1129,16 +1570,132 @@ _HANDLERS = {
 }
 
 
+def _content(res: JsonDict) -> str:
+    """A resource's content for comparing versions (meta and narrative left out)."""
+    try:
+        return json.dumps({k: v for k, v in res.items() if k not in ("meta", "text")},
+                          sort_keys=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return f"unreadable {id(res)}"  # never equal to another: read as a differing version
+
+
+def _latest(versions: list[_Res]) -> _Res | None:
+    """The version that is clearly the latest: by meta.versionId (all integers, distinct) and
+    meta.lastUpdated (all instants, distinct); None if neither orders them or they disagree."""
+    def meta(r: _Res, key: str) -> object:
+        m = r.res.get("meta")
+        return m.get(key) if isinstance(m, dict) else None
+
+    picks: list[_Res] = []
+    vids = [meta(r, "versionId") for r in versions]
+    if all(isinstance(v, str) and v.strip().isdigit() for v in vids):
+        nums = [int(str(v)) for v in vids]
+        if len(set(nums)) == len(nums):
+            picks.append(versions[nums.index(max(nums))])
+    stamps: list[dt.datetime] = []
+    for r in versions:
+        u = meta(r, "lastUpdated")
+        try:
+            t = dt.datetime.fromisoformat(u) if isinstance(u, str) and _is_datetime(u) else None
+        except ValueError:
+            t = None
+        if t is None or t.tzinfo is None:
+            break
+        stamps.append(t)
+    else:
+        if len(set(stamps)) == len(stamps):
+            picks.append(versions[stamps.index(max(stamps))])
+    if not picks or any(p is not picks[0] for p in picks):
+        return None
+    return picks[0]
+
+
+def _resolve_versions(run: _Run, found: list[_Res]) -> list[_Res]:
+    """Resources repeated with one type and id (a history Bundle, or a resource sent twice).
+
+    Identical copies count once (an exposure sent twice must not count its days twice). Of
+    differing versions only the clearly latest is used (`_latest`); otherwise none can be
+    trusted: all are kept but marked doubtful (`_Run.doubtful`), so that they are passed on as
+    unusable. Patients are merged field by field instead (`_merge_patients`). A resource
+    deleted in a history Bundle is doubtful too.
+    """
+    groups: dict[str, list[_Res]] = {}
+    for r in found:
+        rid = r.res.get("id")
+        if r.container is None and isinstance(rid, str) and rid.strip():
+            groups.setdefault(f"{r.rtype}/{rid.strip()}", []).append(r)
+    drop: set[int] = set()
+    for key, versions in groups.items():
+        deleted = key in run.deleted
+        if len(versions) == 1 and not deleted:
+            continue
+        distinct = list({_content(r.res): r for r in reversed(versions)}.values())
+        if len(distinct) == 1 and not deleted:
+            drop.update(id(r) for r in versions[1:])
+            run.tally("fhir.duplicate_resource", "", versions[1].loc,
+                      "repeated identical resource counted once")
+            continue
+        latest = None if deleted else _latest(versions)
+        if latest is not None:
+            drop.update(id(r) for r in versions if r is not latest)
+            run.issue(latest.loc, "fhir.superseded_version",
+                      f"{len(versions)} versions of {cut(key)}: only the latest ({latest.loc}) "
+                      f"is used")
+            continue
+        if versions[0].rtype == "Patient":
+            continue
+        why = (f"{cut(key)} was deleted in a history Bundle" if deleted else
+               f"{len(distinct)} differing versions of {cut(key)}, none clearly the latest")
+        for r in versions:
+            run.doubtful[id(r.res)] = ("fhir.conflicting_versions", why)
+    # a report's contained results go (or are in doubt) with the version that holds them
+    gone = {id(r.res) for r in found if id(r) in drop}
+    for r in found:
+        if r.parent is not None and id(r.parent) in gone:
+            drop.add(id(r))
+        elif r.parent is not None and id(r.parent) in run.doubtful:
+            run.doubtful.setdefault(id(r.res), run.doubtful[id(r.parent)])
+    return [r for r in found if id(r) not in drop]
+
+
+def _merge_patients(run: _Run, same: list[_Res], patient: JsonDict) -> None:
+    """Several Patient resources for the one screened patient: a birth date or sex on which
+    they disagree is not used (age- and sex-based criteria become unknown)."""
+    for key, field_ in (("birthDate", "birth_date"), ("gender", "sex")):
+        values: dict[str, str] = {}
+        for r in same:
+            v = r.res.get(key)
+            if v is None:
+                continue
+            norm = v.strip().lower() if isinstance(v, str) else repr(v)
+            values.setdefault(norm, r.loc)
+        if len(values) > 1:
+            patient.pop(field_, None)
+            run.issue(same[0].loc, "fhir.conflicting_patient",
+                      cut(f"Patient resources for this patient disagree on {key} ("
+                          + ", ".join(f"{short_repr(v, 40)} at {loc}" for v, loc in values.items())
+                          + "): not used"))
+
+
 def _build(run: _Run, found: list[_Res]) -> JsonDict:
     patient: JsonDict = {}
     out: JsonDict = {"observations": [], "conditions": [], "exposures": []}
+    found = _resolve_versions(run, found)
     _inherit_dates(run, found)
+    _mark_retracted(run, found)
     patients = [r for r in found if r.rtype == "Patient"]
     own: set[str] = set()
     others: set[str] = set()
     if patients:
         _patient(run, patients[0], patient)
         own = _patient_keys(patients[0])
+        same = [patients[0]] + [r for r in patients[1:] if _patient_keys(r) & own]
+        if len(same) > 1:
+            _merge_patients(run, same, patient)
+        sex = patient.get("sex")
+        run.sex = sex if isinstance(sex, str) else None
+        birth = patient.get("birth_date")
+        run.birth = birth if isinstance(birth, str) else None
         extra = [r for r in patients[1:] if not (_patient_keys(r) & own)]
         for r in extra:
             others |= _patient_keys(r)
