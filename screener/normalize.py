@@ -462,7 +462,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         return
     raw_date = get("date")
     day = parse_date(raw_date)[0]
-    stamp = raw_date.strip() if day is not None else ""
+    stamp = str(raw_date).strip() if day is not None else ""
     if day is not None and day > prep.as_of:
         prep.issue(f"{loc}.date", "after_as_of",
                    f"dated {day}, after as_of {prep.as_of}: not used", name)
