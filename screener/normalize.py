@@ -105,6 +105,10 @@ class Reading(NamedTuple):
 
 @dataclass(frozen=True)
 class CondRecord:
+    """One condition record. Dates are spans: `onset` .. `onset_last` is when it may have
+    begun (one day for a full date; the month or year of a partial one; unknown start up to
+    the date it was recorded, for `onset_from: recordedDate`), and `abatement` ..
+    `abatement_last` when it may have ended."""
     element: str
     onset: date | None
     abatement: date | None
@@ -112,6 +116,8 @@ class CondRecord:
     doubtful: bool
     source: str
     loc: str
+    onset_last: date | None = None
+    abatement_last: date | None = None
 
 
 @dataclass(frozen=True)
@@ -342,8 +348,14 @@ def prepare(patient: Any, as_of: date) -> Prepared:
             loc = f"{name}[{i}]"
             if not isinstance(item, dict):
                 prep.issue(loc, "type", f"expected an object, got {type(item).__name__}")
+                if name == "conditions":
+                    prep.unresolved.append(f"{loc} (not an object)")
+                elif name == "exposures":
+                    _unplaced_exposure(prep, loc, "is not an object")
                 continue
             fn(prep, item, loc)
+    if not patient.keys() <= _PATIENT_KEYS:
+        _unknown_fields(prep, patient)
     rev = patient.get("reviewed")
     if isinstance(rev, dict):
         for k in ("conditions", "exposures"):
@@ -363,6 +375,40 @@ def prepare(patient: Any, as_of: date) -> Prepared:
         if len(lst) > 1:
             lst.sort(key=_newest_first, reverse=True)
     return prep
+
+
+#: top-level fields of a canonical patient (screener/schema/patient.schema.json)
+_PATIENT_KEYS = frozenset({"id", "birth_date", "age", "sex", "observations", "conditions",
+                           "exposures", "reviewed", "name", "note", "source"})
+_SECTIONS = ("observations", "conditions", "exposures")
+
+
+def _unknown_fields(prep: Prepared, patient: Mapping[str, Any]) -> None:
+    """Top-level fields we do not read. One that looks like a section ("Conditions",
+    "exposure") holds records we are not reading: that section's review-based absence and the
+    elements it could hold become unknown, instead of reading as "nothing recorded"."""
+    for k in sorted((k for k in patient if k not in _PATIENT_KEYS), key=str):
+        shown = short_repr(k)
+        section = None
+        if isinstance(k, str) and len(k) <= 40:
+            norm = k.strip().lower()
+            section = next((sec for sec in _SECTIONS if norm in (sec, sec[:-1])), None) or \
+                did_you_mean(norm, _SECTIONS)
+        if section is None:
+            prep.issue(shown, "unknown_field", f"unknown field {shown}: not read")
+            continue
+        prep.issue(shown, "unknown_field", f"unknown field {shown} (did you mean "
+                   f"{section!r}?): its records are not read, so nothing they may say is "
+                   "taken as absent")
+        why = f"the patient has a field {shown} that may hold {section} records"
+        if section == "conditions":
+            prep.unresolved.append(f"{shown} (a field that may hold condition records)")
+        elif section == "exposures":
+            for n in _EXPOSED:
+                prep.suspect.setdefault(n, []).append(why)
+        else:
+            for n in _OBSERVED:
+                prep.suspect.setdefault(n, []).append(why)
 
 
 def _newest_first(r: Reading) -> tuple[int, int, str]:
@@ -453,8 +499,21 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             return
         if name not in _OBSERVED:
             prep.issue(loc, "wrong_section", f"{name!r} is not an observation", name)
+            # a record of it in the wrong place: it exists, and cannot be read as one
+            prep.suspect.setdefault(name, []).append(
+                f"{loc} records {name} among the observations")
             return
     el = ELEMENTS[name]
+    if not item.keys() <= _OBSERVATION_KEYS:
+        odd = _odd_keys(item, _OBSERVATION_KEYS)
+        if odd:
+            # "Status": "entered-in-error" would otherwise count as a final result
+            raw_date = get("date")
+            day = parse_date(raw_date)[0]
+            _unusable(prep, name, day, str(raw_date).strip() if day is not None else "", loc,
+                      "unknown_field", f"unknown field(s) {', '.join(map(short_repr, odd))} "
+                      "that may change what the result says", loc)
+            return
     status = get("status")
     if status is not None and isinstance(status, str) and status in _IGNORED_STATUS:
         # retracted: as if it had never been recorded
@@ -742,8 +801,17 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         return
     if ELEMENTS[name].kind != "condition":
         prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
+        # a record of it in the wrong place: it exists, and cannot be read as one
+        prep.suspect.setdefault(name, []).append(f"{loc} records {name} among the conditions")
         return
     source = _source(item.get("source"), loc)
+    odd = _odd_keys(item, _CONDITION_KEYS)
+    if odd:
+        prep.issue(loc, "unknown_field", f"unknown field(s) {', '.join(map(short_repr, odd))} "
+                   "in a condition record: record not used", name)
+        prep.suspect.setdefault(name, []).append(
+            f"{loc} has field(s) {', '.join(map(short_repr, odd))} that may change its meaning")
+        return
     present = item.get("present")
     if present is False:
         d, _ = parse_date(item.get("date"))
@@ -760,23 +828,75 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         prep.suspect.setdefault(name, []).append(f"{loc} has an unreadable 'present'")
         return
     ver = item.get("verification_status")
-    if isinstance(ver, str) and ver in _NEVER:
-        return
+    if isinstance(ver, str):
+        ver = ver.strip().lower()
+        if ver in _NEVER:
+            return
     onset, later = _event_day(prep, item, "onset", loc, name)
     if later:
         return
-    abatement = None
+    onset_last = _period_end(item.get("onset"), onset)
+    if onset is not None and item.get("onset_from") == "recordedDate":
+        # only the date it was recorded: it began on that day or at any time before
+        onset, onset_last = None, onset
+    abatement = abatement_last = None
     if item.get("abatement") is not None:
         d, _ = parse_date(item.get("abatement"))
         if d is None:
             prep.issue(f"{loc}.abatement", "date", "unusable abatement date", name)
         elif d <= prep.as_of:
-            abatement = d
+            abatement, abatement_last = d, min(_period_end(item.get("abatement"), d) or d,
+                                               prep.as_of)
     clinical = item.get("clinical_status")
-    doubtful = ver is not None and (not isinstance(ver, str) or ver in _DOUBTFUL)
+    clinical = clinical.strip().lower() if isinstance(clinical, str) else None
+    # confirmed or not given counts; anything else (provisional, differential, unconfirmed,
+    # or a status we do not know) is doubtful
+    doubtful = ver is not None and ver != "confirmed"
+    if doubtful and not (isinstance(ver, str) and ver in _DOUBTFUL):
+        prep.issue(f"{loc}.verification_status", "value",
+                   f"unknown verification status {short_repr(ver)}: read as unconfirmed", name)
     prep.conditions.setdefault(name, []).append(CondRecord(
-        name, onset, abatement, clinical if isinstance(clinical, str) else None,
-        doubtful, source, loc))
+        name, onset, abatement, clinical, doubtful, source, loc, onset_last, abatement_last))
+
+
+def _period_end(raw: Any, first: date | None) -> date | None:
+    """The last day a date may mean: itself for a full date, the end of the month or year for a
+    partial one."""
+    if first is None:
+        return None
+    d, complete = parse_date(raw)
+    if complete or d is None:
+        return first
+    text = str(raw).strip()
+    return date(d.year, 12, 31) if len(text) == 4 else _month_end(d)
+
+
+_CONDITION_KEYS = frozenset({"element", "code", "codes", "onset", "abatement", "clinical_status",
+                             "verification_status", "present", "date", "source", "onset_from",
+                             "display", "text", "note", "id"})
+_OBSERVATION_KEYS = frozenset({"element", "code", "codes", "value", "unit", "comparator",
+                               "reference_range", "date", "status", "source", "display", "text",
+                               "note", "id"})
+_EXPOSURE_KEYS = frozenset({"element", "code", "codes", "days", "start", "end", "source",
+                            "display", "text", "note", "id"})
+
+
+def _odd_keys(item: Mapping[str, Any], known: frozenset[str]) -> list[str]:
+    """Keys of an entry that look like a known field written differently ("Present", "Status",
+    "onset_date"): the field they mean is then read as absent, which could change what the
+    record says, so the record cannot be used. Other extra keys are harmless and ignored."""
+    if item.keys() <= known:
+        return []
+    return sorted(k for k in item
+                  if k not in known and isinstance(k, str) and _looks_like_field(k, known))
+
+
+@lru_cache(maxsize=4096)
+def _looks_like_field(key: str, known: frozenset[str]) -> bool:
+    if len(key) > 40:   # no misspelling of a field name is this long
+        return False
+    norm = key.strip().lower().replace("-", "_").replace(" ", "_")
+    return norm in known or did_you_mean(norm, known) is not None
 
 
 def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
@@ -796,10 +916,32 @@ def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
     return day, False
 
 
+_EXPOSED = tuple(n for n, e in ELEMENTS.items() if e.kind == "exposure")
+
+
+def _unplaced_exposure(prep: Prepared, loc: str, why: str) -> None:
+    """An exposure record we cannot read may be a course of any catalogue drug: no therapy
+    review can then prove the days."""
+    for n in _EXPOSED:
+        prep.suspect.setdefault(n, []).append(f"{loc} {why} (it may be a {n} course)")
+
+
 def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     name = item.get("element")
     if not isinstance(name, str) or name not in ELEMENTS or ELEMENTS[name].kind != "exposure":
         _unknown_name(prep, item, loc, "exposure")
+        if not isinstance(name, str):
+            _unplaced_exposure(prep, loc, "is an exposure record without an element name")
+        elif name in ELEMENTS:
+            prep.issue(loc, "wrong_section", f"{name!r} is not an exposure", name)
+            prep.suspect.setdefault(name, []).append(f"{loc} records {name} among the exposures")
+        return
+    odd = _odd_keys(item, _EXPOSURE_KEYS)
+    if odd:
+        prep.issue(loc, "unknown_field", f"unknown field(s) {', '.join(map(short_repr, odd))} "
+                   "in an exposure record: record not used", name)
+        prep.suspect.setdefault(name, []).append(
+            f"{loc} has field(s) {', '.join(map(short_repr, odd))} that may change its meaning")
         return
     source = _source(item.get("source"), loc)
     start, later = _event_day(prep, item, "start", loc, name)
@@ -1062,6 +1204,19 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
                 hits.append(r)
             else:
                 doubts.append(why)
+    if hits and prep.negatives:
+        # a documented absence dated on or after a record's onset contradicts it: neither
+        # can be taken over the other
+        clean = []
+        for r in hits:
+            began = r.onset_last or r.onset or date.min
+            later = [d for d, _ in prep.negatives.get(r.element, []) if d >= began]
+            if later:
+                doubts.append(f"{r.element} ({r.source}) is contradicted by a documented "
+                              f"absence on {max(later)}")
+            else:
+                clean.append(r)
+        hits = clean
     if hits:
         if detail:
             first = max(hits, key=lambda r: (r.onset or date.min, r.loc))
@@ -1095,24 +1250,41 @@ def _place(r: CondRecord, active: bool, start: date | None, point: bool
             return None, ""
         if r.clinical not in _ACTIVE:
             return False, f"{name} ({r.source}) has no clinical status"
-    if r.onset is None:
-        if start is None:
-            return True, ""
-        if r.abatement is not None and r.abatement < start:
+    if start is None:
+        return True, ""
+    ab_last = r.abatement_last or r.abatement
+    onset_last = r.onset_last or r.onset
+    if onset_last is None:
+        if ab_last is not None and ab_last < start:
             return None, ""
         return False, f"{name} ({r.source}) has no onset date"
-    if start is None or r.onset >= start:
+    if r.onset is not None and r.onset >= start:
         return True, ""
-    # began before the window: counts if it lasted into it
+    # it may have begun before the window: counts if it lasted into it
+    lasted: bool | None   # True: lasted into the window; None: ended before it; False: unknown
     if point:
+        lasted = None
+    elif r.abatement is not None and ab_last is not None:
+        lasted = True if r.abatement >= start else None if ab_last < start else False
+    elif r.clinical in _ACTIVE:
+        lasted = True
+    else:
+        lasted = False
+    if lasted:
+        return True, ""
+    if onset_last >= start:
+        # a partial onset date, or only the date it was recorded, reaching into the window
+        when = (f"was recorded on {onset_last}; it began then or earlier" if r.onset is None
+                else f"began between {r.onset} and {onset_last}")
+        return False, f"{name} ({r.source}) {when}: maybe inside the window"
+    if lasted is None:
         return None, ""
     if r.abatement is not None:
-        return (True, "") if r.abatement >= start else (None, "")
-    if r.clinical in _ACTIVE:
-        return True, ""
+        return False, (f"{name} ({r.source}) ended between {r.abatement} and {ab_last}: maybe "
+                       "inside the window")
     if r.clinical in _ENDED:
         return False, f"{name} ({r.source}) began {r.onset} and ended on an unknown date"
-    return False, f"{name} ({r.source}) began {r.onset}; status unknown"
+    return False, f"{name} ({r.source}) began {r.onset or 'on an unknown date'}; status unknown"
 
 
 def _reviewed_absent(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]

@@ -97,3 +97,119 @@ def test_an_instant_that_may_be_as_new_as_a_local_date_is_a_conflict_too(
     obs = [ecog(1, "2026-11-20"), ecog(1, "2026-11-19"), ecog(4, "2026-11-20T11:00Z")]
     v = verdict(screener, {"observations": obs}, "inc_ecog")
     assert v["verdict"] == "unknown", v
+
+
+# --- records that cannot be placed never let a review prove absence -------------------------
+
+REVIEWED = {"reviewed": {"conditions": "2026-11-20", "exposures": "2026-11-20"}}
+
+
+@pytest.mark.parametrize("patient, criterion, trial", [
+    # a condition entry that is not an object
+    ({**REVIEWED, "conditions": ["DVT 2026-10"]}, "exc_venous_thrombosis", T1),
+    # a condition recorded among the observations
+    ({**REVIEWED, "observations": [{"element": "active_infection", "value": True,
+                                    "date": "2026-11-18"}]}, "exc_active_infection", T1),
+    # an exposure coded only in RxNorm (blinatumomab 1603296), or not an object
+    ({**REVIEWED, "exposures": [{"codes": [{"system": "http://www.nlm.nih.gov/research/umls/"
+                                            "rxnorm", "code": "1603296"}], "days": 28}]},
+     "exc_blinatumomab_days", T2),
+    ({**REVIEWED, "exposures": ["blinatumomab 28 days"]}, "exc_blinatumomab_days", T2),
+    # a section under another name
+    ({**REVIEWED, "Conditions": [{"element": "dvt", "onset": "2026-10-01"}]},
+     "exc_venous_thrombosis", T1),
+    ({**REVIEWED, "exposure": [{"element": "blinatumomab", "days": 28}]},
+     "exc_blinatumomab_days", T2),
+    # a field written differently: "Present": false is not a documented absence, nor a record
+    ({**REVIEWED, "conditions": [{"element": "blinatumomab_hypersensitivity",
+                                  "Present": False, "date": "2026-11-20"}]},
+     "exc_hypersensitivity", T1),
+])
+def test_unreadable_records_keep_a_review_from_proving_absence(
+        screener: Screener, patient: dict[str, Any], criterion: str, trial: str) -> None:
+    v = verdict(screener, patient, criterion, trial)
+    assert v["verdict"] == "unknown", v
+
+
+def test_a_misspelt_observation_field_makes_the_result_unusable(screener: Screener) -> None:
+    """"Status": "entered-in-error" read as no status would count a retracted result."""
+    obs = [ecog(1, "2026-11-01"), {**ecog(4, "2026-11-20"), "Status": "entered-in-error"}]
+    v = verdict(screener, {"observations": obs}, "inc_ecog")
+    assert v["verdict"] == "unknown", v
+    # a harmless extra field is ignored
+    obs = [{**ecog(1, "2026-11-20"), "lab_order_number": "A-17"}]
+    assert verdict(screener, {"observations": obs}, "inc_ecog")["verdict"] == "met"
+
+
+def test_unknown_top_level_fields_are_data_issues(screener: Screener) -> None:
+    report = screener.screen(T1, {"birth_date": "1980-01-01", "favourite_colour": "blue"},
+                             AS_OF)
+    assert any(i["code"] == "unknown_field" and "favourite_colour" in i["msg"]
+               for i in report["data_issues"])
+
+
+# --- condition records: case, conflicts, dates that are spans -------------------------------
+
+@pytest.mark.parametrize("status", ["Provisional", " provisional", "suspected", "DIFFERENTIAL"])
+def test_verification_status_is_read_whatever_its_case(screener: Screener, status: str) -> None:
+    p = {**REVIEWED, "conditions": [{"element": "active_infection", "onset": "2026-11-18",
+                                     "clinical_status": "active",
+                                     "verification_status": status}]}
+    assert verdict(screener, p, "exc_active_infection")["verdict"] == "unknown"
+
+
+@pytest.mark.parametrize("status", ["Refuted", "ENTERED-IN-ERROR"])
+def test_refuted_whatever_its_case_never_counts(screener: Screener, status: str) -> None:
+    p = {**REVIEWED, "conditions": [{"element": "active_infection", "onset": "2026-11-18",
+                                     "clinical_status": "active",
+                                     "verification_status": status}]}
+    assert verdict(screener, p, "exc_active_infection")["verdict"] == "not_met"
+
+
+def test_a_record_contradicted_by_a_later_documented_absence_is_unknown(
+        screener: Screener) -> None:
+    p = {"conditions": [
+        {"element": "uncontrolled_hypertension", "onset": "2026-01-10",
+         "clinical_status": "active"},
+        {"element": "uncontrolled_hypertension", "present": False, "date": "2026-11-21"}]}
+    v = verdict(screener, p, "exc_hypertension")
+    assert v["verdict"] == "unknown"
+    assert "contradicted by a documented absence" in v["missing"][0]["reason"]
+    # an absence documented before the record began does not contradict it
+    p["conditions"][1]["date"] = "2025-12-01"
+    assert verdict(screener, p, "exc_hypertension")["verdict"] == "met"
+
+
+def test_recorded_date_is_only_a_bound_on_the_onset(screener: Screener) -> None:
+    """FHIR recordedDate (no onset given): the condition began then or earlier."""
+    def stroke(**kw: Any) -> dict[str, Any]:
+        return {**REVIEWED, "conditions": [{"element": "arterial_thrombosis",
+                                            "onset_from": "recordedDate", **kw}]}
+    # recorded 50 days ago, resolved: it may have begun long before the 92-day window
+    v = verdict(screener, stroke(onset="2026-10-03", clinical_status="resolved"),
+                "exc_arterial_thrombosis")
+    assert v["verdict"] == "unknown" and "recorded on" in v["missing"][0]["reason"]
+    # recorded 50 days ago and still active: it lasts into the window whenever it began
+    assert verdict(screener, stroke(onset="2026-10-03", clinical_status="active"),
+                   "exc_arterial_thrombosis")["verdict"] == "met"
+    # recorded before the window and ended before it
+    assert verdict(screener, stroke(onset="2026-01-03", abatement="2026-02-01"),
+                   "exc_arterial_thrombosis")["verdict"] == "not_met"
+    # an old MI added to the problem list 12 days ago: maybe acute, maybe not
+    mi = {**REVIEWED, "conditions": [{"element": "myocardial_infarction", "onset": "2026-11-10",
+                                      "onset_from": "recordedDate"}]}
+    assert verdict(screener, mi, "inc_cardiac_acute")["verdict"] == "unknown"
+
+
+def test_partial_dates_are_spans(screener: Screener) -> None:
+    # the 92-day window starts 2026-08-22: "2026-08" may be before or after that
+    p = {**REVIEWED, "conditions": [{"element": "arterial_thrombosis", "onset": "2026-06-01",
+                                     "abatement": "2026-08"}]}
+    v = verdict(screener, p, "exc_arterial_thrombosis")
+    assert v["verdict"] == "unknown" and "ended between" in v["missing"][0]["reason"]
+    p["conditions"][0]["abatement"] = "2026-07"
+    assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "not_met"
+    p["conditions"][0].update(onset="2026-08", abatement="2026-08")
+    assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "unknown"
+    p["conditions"][0].update(onset="2026-09", abatement="2026-09")
+    assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "met"
