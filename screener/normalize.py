@@ -714,6 +714,10 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
     return res
 
 
+#: a result more than this many times its own ULN is implausible (see `_quantity_core`)
+MAX_X_ULN = 10_000
+
+
 def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw: Any,
                    rr_unit: Any) -> _QuantityResult:
     def bad(code: str, msg: str, where: str) -> _QuantityResult:
@@ -745,6 +749,12 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
             uln = high * rfactor
     shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
     ratio = ratio_shown = uln_shown = None
+    if uln is not None and value > uln * MAX_X_ULN:
+        # ALT 100,000 U/L is 2,500 x a ULN of 40: a larger ratio means the range (a high of
+        # 1e-9, a unit slip) or the value is wrong, and would decide x ULN criteria on nonsense
+        range_problem = (f"implausible upper limit {short_repr(high_raw)} {rr_unit or ''}: the "
+                         f"value would be more than {MAX_X_ULN:,} x ULN")
+        uln = None
     if uln is not None:
         r = value / uln
         ratio, ratio_shown, uln_shown = encode_number(r), _fmt(r), f"{_fmt(uln)} {el.unit}"

@@ -213,3 +213,16 @@ def test_partial_dates_are_spans(screener: Screener) -> None:
     assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "unknown"
     p["conditions"][0].update(onset="2026-09", abatement="2026-09")
     assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "met"
+
+
+def test_an_implausible_upper_limit_decides_nothing(screener: Screener) -> None:
+    def alt(high: Any) -> dict[str, Any]:
+        return {"observations": [
+            {"element": "alt", "value": 30, "unit": "U/L", "date": "2026-11-20",
+             "reference_range": {"high": high}},
+            {"element": "ast", "value": 20, "unit": "U/L", "date": "2026-11-20",
+             "reference_range": {"high": 40}}]}
+    v = verdict(screener, alt(1e-9), "inc_liver_transaminases")
+    assert v["verdict"] == "unknown", v
+    assert verdict(screener, alt(40), "inc_liver_transaminases")["verdict"] == "met"
+    assert verdict(screener, alt(0.004), "inc_liver_transaminases")["verdict"] == "not_met"
