@@ -1161,8 +1161,9 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
         if newest.uln is None:
             if newest.range_unusable:
                 ev["missing"] = (f"{name} result of {newest.day} has a reference range that "
-                                 "cannot be used (see data issues); the site default applies "
-                                 "only to results without one")
+                                 "cannot be used (see data issues)"
+                                 + ("; the site default applies only to results without one"
+                                    if name in dict(site_uln) else ""))
                 return None
             uln = dict(site_uln).get(name)
             if uln is None:

@@ -256,9 +256,11 @@ def test_ratio_beyond_plausible_range_is_unknown_with_reason(screener: Screener)
     """A ratio this large (5 x 10^12) would not even be representable as an engine code; it is
     refused before that, as an implausible upper limit (see normalize.MAX_X_ULN)."""
     p = {"observations": [{**ALT, "value": 500, "reference_range": {"high": "0.0000000001"}}]}
-    c = verdicts(screener, p)["inc_liver_transaminases"]
+    report = screener.screen("NCT06930105", p, AS_OF)
+    c = next(c for c in report["criteria"] if c["id"] == "inc_liver_transaminases")
     assert c["verdict"] == "unknown"
-    assert "implausible upper limit" in json.dumps(c)
+    assert "reference range that cannot be used" in json.dumps(c)
+    assert any("implausible upper limit" in i["msg"] for i in report["data_issues"])
 
 
 @pytest.mark.parametrize("extra,verdict", [
