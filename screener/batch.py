@@ -35,6 +35,7 @@ The CLI commands `batch`, `report` and `synth` are registered at the bottom.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import html
@@ -56,7 +57,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from . import __version__, jsonfast
 from .cli import DEFAULT_RULES, iso_date, register, to_patient
 from .compile import rule_names
-from .errors import PatientDataError, ScreenerError, did_you_mean
+from .errors import PatientDataError, ScreenerError, did_you_mean, short_repr
 from .ir import Criterion, leaves
 from .normalize import Facts, fill, prepare
 from .report import favourable, verdict_for
@@ -76,6 +77,10 @@ MAX_LINE_BYTES = 20 * 1024 * 1024
 #: marker stored in a `:missing` cell when a data criterion is unknown but names no element
 NO_ELEMENT = "?"
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".json.gz")
+#: suffixes whose file may hold one JSON document instead of lines (see `json_layout`)
+JSON_SUFFIXES = (".json", ".json.gz")
+#: largest .json document read whole (an object or an array of patients); larger: use NDJSON
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 FIXED_COLUMNS = ("patient_id", "source", "input", "record")
 #: rows per slice when the summary reads the matrix back (bounded memory)
 SUMMARY_SLICE = 32_768
@@ -200,6 +205,7 @@ class Spec:
     fmt: str = "parquet"
     sub_batch: int = SUB_BATCH
     driver_pid: int = 0
+    code: str = ""                        # `code_hash` of the driver (checked on Dask workers)
 
 
 @dataclass
@@ -208,9 +214,9 @@ class Chunk:
     input_index: int
     input_name: str
     first: int                 # line (NDJSON) or record (tables) number of the first item
-    kind: str                  # "ndjson" | "records"
+    kind: str                  # "ndjson" | "records" | "json" (items of a JSON document)
     count: int                 # lines or records in the chunk
-    data: bytes | list[tuple[str, dict[str, Any] | None, list[dict[str, str]]]]
+    data: bytes | list[tuple[str, dict[str, Any] | None, list[dict[str, str]]]] | list[Any]
 
 
 @dataclass
@@ -300,6 +306,14 @@ class _Worker:
             secs["prepare"] += t2 - t1
             secs["fill"] += t0 - t2
             pid = prep.patient_id
+            raw_id = patient.get("id") if isinstance(patient, dict) else None
+            if pid is None and raw_id is not None:
+                # an id of another JSON type (12.0, true) is not an id: screened without one,
+                # and said so (ids compare as text; 12.0 may have been "12" or "12.0")
+                adapter_issues = [*adapter_issues, {
+                    "loc": "id", "code": "bad_id",
+                    "msg": f"patient id {short_repr(raw_id)} is a {type(raw_id).__name__}, not "
+                           "a string or integer; screened without an id"}]
             for issue in adapter_issues:
                 errors.append({"kind": "value", **base, "patient_id": pid,
                                "origin": "adapter", **issue})
@@ -388,6 +402,19 @@ class _Worker:
                 else:
                     yield chunk.first + j, where, patient, issues, None
             return
+        if chunk.kind == "json":
+            assert isinstance(chunk.data, list)
+            for j, doc in enumerate(chunk.data):
+                number = chunk.first + j
+                where = f"{chunk.input_name}:item {number}"
+                if not isinstance(doc, dict):
+                    yield number, where, None, [], {
+                        "code": "not_an_object",
+                        "reason": f"an item must be one JSON object, got {type(doc).__name__}"}
+                    continue
+                patient, issues, problem = _adapt(doc)
+                yield number, where, patient, issues, problem
+            return
         assert isinstance(chunk.data, bytes)
         lines = chunk.data.split(b"\n")[:chunk.count]
         for j, raw in enumerate(lines):
@@ -472,6 +499,10 @@ def _pool_task(spec: Spec, chunk: Chunk) -> ChunkResult:
 
 def dask_task(spec: Spec, chunk: Chunk) -> ChunkResult:
     """Entry point of a chunk on a Dask worker (module-level so workers can import it)."""
+    if spec.code and spec.code != _worker_code_hash():
+        # a worker on another machine with other screener code must not mix results in
+        raise BatchError(f"worker has screener code {_worker_code_hash()}, the run expects "
+                         f"{spec.code}")
     return _worker_for(spec).screen(chunk)
 
 
@@ -480,7 +511,7 @@ def dask_task(spec: Spec, chunk: Chunk) -> ChunkResult:
 @dataclass(frozen=True)
 class Input:
     index: int
-    kind: str                  # "ndjson" | "table"
+    kind: str                  # "ndjson" | "json" (one JSON document) | "table"
     path: str                  # as given (shown in locators and errors)
     base_dir: str | None = None
 
@@ -495,7 +526,11 @@ def classify_inputs(paths: Sequence[str], mapping: str | None) -> list[Input]:
                                  "re-read its input)")
             if not os.path.isfile(p):
                 raise BatchError(f"input {p}: no such file")
-            out.append(Input(len(out), "ndjson", p))
+            kind = "ndjson"
+            if low.endswith(JSON_SUFFIXES) and json_layout(p) == "document":
+                kind = "json"
+                len(read_json_document(p))  # refused here, before anything is written
+            out.append(Input(len(out), kind, p))
         elif mapping is not None:
             if not os.path.exists(p):
                 raise BatchError(f"input {p}: no such file or directory")
@@ -516,6 +551,59 @@ def _open_binary(path: str) -> IO[bytes]:
     if path.lower().endswith(".gz"):
         return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
+
+
+def json_layout(path: str) -> str:
+    """How a `.json` input is read: "ndjson" (one record per line) or "document" (the file is
+    one JSON document: an object is one patient or FHIR Bundle, an array a list of them).
+
+    A pretty-printed document read line by line loses its patient and turns fragments such as
+    `{"element": "alt", ...}` into phantom patients, so a `.json` file is NDJSON only if every
+    non-blank line starts with `{` at its first byte (no indentation, no closing bracket) and
+    the first one is a complete JSON value (or at least ends with `}`: a broken record). Any
+    other `.json` file is read as one document. `.ndjson` / `.jsonl` are always line based."""
+    first = True
+    with _open_binary(path) as fh:
+        for line in fh:
+            s = line.strip()
+            if not s:
+                continue
+            if first:
+                first = False
+                line = line.removeprefix(b"\xef\xbb\xbf")
+                s = s.removeprefix(b"\xef\xbb\xbf")
+                if line[:1] == b"{" and not s.endswith(b"}"):
+                    try:
+                        jsonfast.loads_strict(s)
+                    except (ValueError, RecursionError):
+                        return "document"
+            if line[:1] != b"{":
+                return "document"
+    return "ndjson"
+
+
+def read_json_document(path: str) -> list[Any]:
+    """The items of a `.json` document input (see `json_layout`): [object] or the array's
+    items. Raises BatchError when it is not one valid JSON document (never guessed at)."""
+    with _open_binary(path) as fh:
+        data = fh.read(MAX_DOCUMENT_BYTES + 1)
+    hint = ("a .json input is read line by line only when every line holds one JSON object; "
+            "otherwise it must be one JSON document (a patient, a FHIR Bundle, or an array of "
+            "them)")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise BatchError(f"input {path}: a JSON document over {MAX_DOCUMENT_BYTES} bytes; "
+                         "write it as NDJSON (one patient per line, .ndjson)")
+    try:
+        doc = jsonfast.loads_strict(data.removeprefix(b"\xef\xbb\xbf"))
+    except (ValueError, RecursionError) as e:
+        raise BatchError(f"input {path}: not NDJSON and not one valid JSON document: {e} "
+                         f"({hint}); nothing was screened") from None
+    if isinstance(doc, dict):
+        return [doc]
+    if isinstance(doc, list):
+        return doc
+    raise BatchError(f"input {path}: a JSON {type(doc).__name__}, not a patient, a FHIR Bundle "
+                     f"or an array of them ({hint})")
 
 
 def count_lines(path: str) -> int:
@@ -550,6 +638,9 @@ def iter_chunks(inp: Input, chunk_size: int, mapping: Any,
     if inp.kind == "ndjson":
         with _open_binary(inp.path) as fh:
             yield from cut(fh, "ndjson", b"".join)
+        return
+    if inp.kind == "json":
+        yield from cut(iter(read_json_document(inp.path)), "json", list)
         return
     from .adapters.tabular import iter_patients
     yield from cut(iter_patients(mapping, inp.base_dir), "records",
@@ -588,9 +679,40 @@ def _part_suffix(fmt: str) -> str:
     return ".csv" if fmt == "csv" else ".parquet"
 
 
+def source_hash(root: Path) -> str:
+    """sha256 of a screener package's source: its `**/*.py` and `schema/*` files, by sorted
+    relative path (POSIX), each as path, size and bytes. Deterministic: no mtimes, no
+    `__pycache__`, the same on every machine holding the same code."""
+    files = {p for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    schema = root / "schema"
+    if schema.is_dir():
+        files |= {p for p in schema.iterdir() if p.is_file()}
+    h = hashlib.sha256()
+    for rel, p in sorted((p.relative_to(root).as_posix(), p) for p in files):
+        data = p.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def code_hash() -> str:
+    """`source_hash` of this screener package (read at each run's start). Part of a run's
+    identity: a run is resumed only by the same code."""
+    return source_hash(Path(__file__).resolve().parent)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_code_hash() -> str:
+    return code_hash()   # once per worker process, at its first task
+
+
+#: manifest keys that must be equal for a run to be resumed (see `_prepare_out`)
+IDENTITY = ("screener", "code", "as_of", "trials", "inputs", "mapping", "chunk_size", "format",
+            "engine")
+
+
 def _manifest_identity(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("as_of", "trials", "inputs", "mapping", "chunk_size",
-                                  "format", "engine")}
+    return {k: m.get(k) for k in IDENTITY}
 
 
 def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -599,6 +721,11 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for k in keys:
         if k in ("as_of", "chunk_size", "format", "engine"):
             parts.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
+        elif k == "screener":
+            parts.append(f"screener version {old.get(k)!r} -> {new.get(k)!r}")
+        elif k == "code":
+            parts.append(f"screener code changed (source {old.get(k) or 'not recorded'} -> "
+                         f"{new.get(k)})")
         else:
             parts.append(f"{k} changed")
     return ", ".join(parts)
@@ -725,7 +852,7 @@ def run_batch(opts: BatchOptions, err: IO[str] | None = None) -> tuple[dict[str,
     _prepare_out(out, manifest, opts.force)
 
     spec = Spec(rules, tuple((tid, meta.get(tid).hash) for tid in ids), opts.as_of.isoformat(),
-                opts.engine, opts.fmt, SUB_BATCH, os.getpid())
+                opts.engine, opts.fmt, SUB_BATCH, os.getpid(), manifest["code"])
     suffix = _part_suffix(opts.fmt)
     mdir, edir = out / "matrix", out / "errors"
     done = {p.name[5:-len(suffix)] for p in mdir.glob(f"part-*{suffix}")}
@@ -858,8 +985,8 @@ def _manifest(meta: Screener, ids: list[str], inputs: list[Input], opts: BatchOp
                                      "text": c.text} for c in t.criteria]})
     ins: list[dict[str, Any]] = []
     for i in inputs:
-        if i.kind == "ndjson":
-            ins.append({"kind": "ndjson", "name": i.path, **_file_info(i.path)})
+        if i.kind in ("ndjson", "json"):
+            ins.append({"kind": i.kind, "name": i.path, **_file_info(i.path)})
         else:
             ins.append({"kind": "table", "name": i.path,
                         "base_dir": os.path.abspath(i.base_dir or "."),
@@ -867,6 +994,7 @@ def _manifest(meta: Screener, ids: list[str], inputs: list[Input], opts: BatchOp
                                    if os.path.exists(p)]})
     return {
         "screener": __version__,
+        "code": code_hash(),
         "as_of": opts.as_of.isoformat(),
         "trials": trials,
         "inputs": ins,
@@ -886,9 +1014,13 @@ def _prepare_out(out: Path, manifest: dict[str, Any], force: bool) -> None:
         old = json.loads(mpath.read_text(encoding="utf-8"))
         if _manifest_identity(old) != _manifest_identity(manifest):
             if not force:
+                code = any(old.get(k) != manifest.get(k) for k in ("screener", "code"))
+                why = ("; it was made by other screener code, and resuming would mix verdicts "
+                       "of two versions" if code else "")
                 raise BatchError(
-                    f"{out} holds another run ({_describe_difference(old, manifest)}); "
-                    "refusing to mix results: use --force to discard it, or another --out")
+                    f"{out} holds another run ({_describe_difference(old, manifest)}){why}; "
+                    "refusing to mix results: use --force to discard it and start over, or "
+                    "another --out")
             _clear(out)
         else:
             manifest["created"] = old.get("created", manifest["created"])

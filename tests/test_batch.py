@@ -486,3 +486,144 @@ def test_no_duplicates_in_a_clean_registry(clean_small: Path) -> None:
     s = json.loads((clean_small / "summary.json").read_text())
     assert s["patient_ids"]["duplicated_ids"] == 0 and s["patient_ids"]["examples"] == []
     assert (clean_small / "duplicates.csv").read_text() == "patient_id,record\n"
+
+
+# ---- registry tables: unreadable rows, bad bytes, repeated ids (as NDJSON would give) ----------
+
+def test_tables_unreadable_rows_and_repeated_ids_as_ndjson(tmp_path: Path) -> None:
+    """B1: an unreadable newer lab row (bad number, bad date, shifted columns, no date) makes
+    inc_ecog unknown, as the same data in NDJSON does, instead of letting the older ECOG 1
+    decide. B2: an undecodable byte near the top of a table is a value issue, not a failed
+    run. B3: a repeated id in the patients table is screened once per row and listed in
+    duplicates.csv, as in NDJSON."""
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    (reg / "patients.csv").write_text("pid,dob\nA,1990-01-01\nB,1990-01-01\nC,1990-01-01\n"
+                                      "D,1990-01-01\nOK,1990-01-01\nA,1990-01-01\n")
+    (reg / "labs.csv").write_bytes(
+        b"PID,CODE,VALUE,DATE\n"
+        b'A,ecog,1,2026-11-01\nA,ecog,"4,0",2026-11-21\n'
+        b"B,ecog,1,2026-11-01\nB,ecog,4,21/11/2026\n"
+        b"C,ecog,1,2026-11-01\nC,ecog,4,2026-11-21,oops\n"
+        b"D,ecog,1,2026-11-01\nD,ecog,4,\n"
+        b"OK,ecog,1,2026-11-01\nOK,alt,3\xff,2026-11-01\n")
+    (reg / "m.yaml").write_text(
+        "patients: {file: patients.csv, id: pid, birth_date: dob}\n"
+        "labs: {file: labs.csv, patient_id: PID, code: CODE, system: element, value: VALUE,"
+        " date: DATE}\n")
+    out = tmp_path / "out"
+    summary, _ = run_batch(_opts([str(reg)], out, mapping=str(reg / "m.yaml"),
+                                 trials=[TRIALS[1]]), io.StringIO())
+    rows = _rows(out)
+    col = f"{TRIALS[1]}:inc_ecog"
+    assert [(r["patient_id"], r["source"], r[col]) for r in rows] == [
+        ("A", "patients.csv:row 1", "unknown"), ("B", "patients.csv:row 2", "unknown"),
+        ("C", "patients.csv:row 3", "unknown"), ("D", "patients.csv:row 4", "unknown"),
+        ("OK", "patients.csv:row 5", "met"), ("A", "patients.csv:row 6", "unknown")]
+    assert rows[0][f"{col}:missing"] == "ecog"
+    # the same patients A and B as canonical NDJSON give the same verdicts
+    docs = [{"id": "A", "birth_date": "1990-01-01", "observations": [
+                {"element": "ecog", "value": 1, "date": "2026-11-01"},
+                {"element": "ecog", "value": "4,0", "date": "2026-11-21"}]},
+            {"id": "B", "birth_date": "1990-01-01", "observations": [
+                {"element": "ecog", "value": 1, "date": "2026-11-01"},
+                {"element": "ecog", "value": 4, "date": "21/11/2026"}]}]
+    nd = tmp_path / "same.ndjson"
+    nd.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    run_batch(_opts([str(nd)], tmp_path / "nd", trials=[TRIALS[1]]), io.StringIO())
+    assert [r[col] for r in _rows(tmp_path / "nd")] == ["unknown", "unknown"]
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert not [e for e in errors if e["kind"] == "record"]
+    assert {(e["patient_id"], e["code"]) for e in errors if e.get("origin") == "adapter"} >= {
+        ("A", "bad_number"), ("B", "bad_date"), ("C", "ragged_row"), ("D", "missing_date"),
+        ("OK", "bad_number"), ("A", "duplicate_id")}
+    ids = summary["patient_ids"]
+    assert ids["duplicated_ids"] == 1 and ids["records_with_duplicated_id"] == 2
+    assert (out / "duplicates.csv").read_text().splitlines() == [
+        "patient_id,record", "A,patients.csv:row 1", "A,patients.csv:row 6"]
+    assert summary["records"]["total"] == summary["records"]["screened"] == 6
+
+
+# ---- resuming only with the same code ----------------------------------------------------------
+
+def test_source_hash_is_deterministic_and_covers_the_package(tmp_path: Path) -> None:
+    pkg = ROOT / "screener"
+    copy = tmp_path / "screener"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.pyc").write_bytes(b"compiled")   # not source: ignored
+    (copy / "notes.txt").write_text("not source")                # neither
+    h = batch.source_hash(copy)
+    assert h.startswith("sha256:") and h == batch.source_hash(copy)
+    with open(copy / "adapters" / "tabular.py", "a") as fh:
+        fh.write("\n# changed\n")
+    assert batch.source_hash(copy) != h
+    schema = next(p for p in (copy / "schema").iterdir() if p.is_file())
+    before = batch.source_hash(copy)
+    schema.write_bytes(schema.read_bytes() + b" ")
+    assert batch.source_hash(copy) != before
+
+
+def test_resume_refused_after_a_code_change(small: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """B4: a run made by other screener code (version or source) is not resumed: mixed
+    verdicts of two versions would follow. --force starts over."""
+    path = tmp_path / "few.ndjson"
+    path.write_text("\n".join(small.read_text().splitlines()[:3]) + "\n")
+    out = tmp_path / "o"
+    run_batch(_opts([str(path)], out, chunk_size=1), io.StringIO())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["code"].startswith("sha256:") and len(manifest["code"]) == 71
+    (out / "matrix" / "part-000-0000002.parquet").unlink()   # as if killed before the end
+    monkeypatch.setattr(batch, "code_hash", lambda: "sha256:" + "0" * 64)
+    with pytest.raises(BatchError, match="screener code changed") as exc:
+        run_batch(_opts([str(path)], out, chunk_size=1), io.StringIO())
+    assert "two versions" in str(exc.value) and "--force" in str(exc.value)
+    monkeypatch.undo()
+    monkeypatch.setattr(batch, "__version__", "99.0")
+    with pytest.raises(BatchError, match="screener version"):
+        run_batch(_opts([str(path)], out, chunk_size=1), io.StringIO())
+    _, stats = run_batch(_opts([str(path)], out, chunk_size=1, force=True), io.StringIO())
+    assert stats.chunks_run == 3 and stats.chunks_done_before == 0
+    assert json.loads((out / "manifest.json").read_text())["screener"] == "99.0"
+
+
+# ---- .json inputs: one document, never fragments ------------------------------------------------
+
+def test_json_documents_are_read_whole(small: Path, tmp_path: Path) -> None:
+    """B5: a pretty-printed .json patient (or array of patients) is one document: its patients
+    are screened, no fragment becomes a phantom patient. A .json file of one object per line
+    stays line based; a .json file that is neither is refused before anything is written.
+    Ids of other JSON types are data issues, not silently "without id"."""
+    docs = [json.loads(x) for x in small.read_text().splitlines()[:4]]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(docs[0], indent=2))
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps([docs[1], docs[2], 7], indent=1))
+    lines = tmp_path / "lines.json"
+    odd = [dict(docs[3], id=12.0), dict(docs[3], id=True)]
+    lines.write_text("".join(json.dumps(d) + "\n" for d in [docs[3], *odd]))
+    out = tmp_path / "out"
+    summary, _ = run_batch(_opts([str(one), str(many), str(lines)], out), io.StringIO())
+    rows = _rows(out)
+    assert [(r["patient_id"], r["source"]) for r in rows] == [
+        (docs[0]["id"], f"{one}:item 1"), (docs[1]["id"], f"{many}:item 1"),
+        (docs[2]["id"], f"{many}:item 2"), (docs[3]["id"], f"{lines}:line 1"),
+        (None, f"{lines}:line 2"), (None, f"{lines}:line 3")]
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["source"], e["code"]) for e in errors if e["kind"] == "record"] == [
+        (f"{many}:item 3", "not_an_object")]
+    bad_ids = [e for e in errors if e.get("code") == "bad_id"]
+    assert [(e["line"], e["loc"]) for e in bad_ids] == [(2, "id"), (3, "id")]
+    assert "12.0" in bad_ids[0]["msg"] and "True" in bad_ids[1]["msg"]
+    assert summary["records"]["total"] == 7 and summary["patient_ids"]["without_id"] == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [i["kind"] for i in manifest["inputs"]] == ["json", "json", "ndjson"]
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(docs[0], indent=2)[:-3])
+    with pytest.raises(BatchError, match="not NDJSON and not one valid JSON document"):
+        run_batch(_opts([str(broken)], tmp_path / "b"), io.StringIO())
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    assert batch.json_layout(str(one)) == "document"
+    assert batch.json_layout(str(lines)) == "ndjson"

@@ -239,12 +239,16 @@ def test_wide_good_row(wide: list[Any]) -> None:
     }
 
 
-def test_wide_bad_number_drops_only_that_result(wide: list[Any]) -> None:
+def test_wide_bad_number_is_passed_on_as_unusable(wide: list[Any]) -> None:
     _, p, issues = wide[1]
     assert _codes(issues) == {("wide.csv:row 2:alt", "bad_number")}
     assert "'abc'" in issues[0]["msg"]
-    assert [o["element"] for o in p["observations"]] == ["ecog", "hbsag"]
-    assert p["observations"][1]["value"] == "positive"  # Reactive
+    assert [o["element"] for o in p["observations"]] == ["alt", "ecog", "hbsag"]
+    # dated, with a value the normalizer cannot use (and no reference range read for it)
+    assert p["observations"][0] == {"element": "alt", "value": "unreadable: 'abc'",
+                                    "unit": "U/L", "date": "2026-10-01",
+                                    "source": "wide.csv:row 2"}
+    assert p["observations"][2]["value"] == "positive"  # Reactive
     assert p["conditions"] == [{"element": "dvt", "onset": "2026-01-05",
                                 "source": "wide.csv:row 2"}]
     assert p["exposures"] == [{"element": "blinatumomab", "days": 14,
@@ -259,7 +263,10 @@ def test_wide_bad_date_and_unknown_sex(wide: list[Any]) -> None:
     }
     assert "sex" not in p and "birth_date" not in p
     assert p["age"] == 36  # the age column is the fallback for an unusable birth date
-    assert p["observations"] == []  # every result of the row had the bad lab date
+    # every result of the row had the bad lab date: passed on undated (unusable), hbsag's
+    # 'maybe' unreadable as well
+    assert [(o["element"], o["value"], "date" in o) for o in p["observations"]] == [
+        ("alt", 50, False), ("ecog", 0, False), ("hbsag", "unreadable: 'maybe'", False)]
     assert p["conditions"] == [{"element": "dvt", "source": "wide.csv:row 3"}]
 
 
@@ -268,8 +275,9 @@ def test_wide_run_continues_past_unusable_rows(wide: list[Any]) -> None:
     assert locs == [f"wide.csv:row {n}" for n in range(1, 9)]
     assert wide[3][1] is None and _codes(wide[3][2]) == {("wide.csv:row 4:patient_id",
                                                           "missing_id")}
-    assert wide[4][1] is None and _codes(wide[4][2]) == {("wide.csv:row 5:patient_id",
-                                                          "duplicate_id")}
+    # a repeated id is its own record (as in NDJSON), flagged
+    assert wide[4][1] is not None and wide[4][1]["id"] == "p1"
+    assert _codes(wide[4][2]) == {("wide.csv:row 5:patient_id", "duplicate_id")}
     _, p4, issues4 = wide[5]  # short row: padded, reported
     assert p4["sex"] == "female"  # mapped through sex.values
     assert p4["observations"][0]["value"] == 5 and p4["observations"][0]["comparator"] == "<"
@@ -410,7 +418,9 @@ def test_long_orphans_and_rows_without_patient(tmp_path: Path) -> None:
     recs = list(iter_patients(load_mapping(tmp_path / "m.yaml")))
     assert [loc for loc, _, _ in recs] == ["p.csv:row 1", "p.csv:patient zz", "l.csv"]
     _, p, issues = recs[0]
-    assert p is not None and [o["value"] for o in p["observations"]] == [30]
+    # the undated row 6 is passed on (unusable: it hides every alt result)
+    assert p is not None and [(o["value"], o.get("date")) for o in p["observations"]] == [
+        (30, "2026-10-01"), (33, None)]
     assert _codes(issues) == {("l.csv:row 4:code", "unmapped_code"),
                               ("l.csv:row 5:val", "missing_value"),
                               ("l.csv:row 6:when", "missing_date")}
@@ -475,3 +485,133 @@ def test_a_killed_runs_store_is_removed_by_the_next_run(tmp_path: Path) -> None:
     finally:
         store.close()
     assert not list(tmp_path.glob(f"screener-long-{os.getpid()}-*"))
+
+
+# --- unreadable data is passed on, never dropped (an older result must not decide) ---------
+
+UNREADABLE_MAPPING = """\
+patients: {file: p.csv, id: pid, birth_date: dob}
+labs: {file: l.csv, patient_id: PID, code: CODE, system: element, value: VALUE, unit: UNIT,
+       high: HIGH, date: DATE}
+problems: {file: pr.csv, patient_id: PID, code: SCT, system: snomed, start: START}
+reviewed: {conditions: "2026-11-20"}
+"""
+
+
+def _unreadable_registry(tmp_path: Path) -> list[Any]:
+    (tmp_path / "p.csv").write_text("pid,dob\nA,1990-01-01\nB,1990-01-01\nC,1990-01-01\n"
+                                    "D,1990-01-01\nE,1990-01-01\nF,1990-01-01\n")
+    (tmp_path / "l.csv").write_text(
+        "PID,CODE,VALUE,UNIT,HIGH,DATE\n"
+        "A,ecog,1,,,2026-11-01\n" 'A,ecog,"4,0",,,2026-11-21\n'         # 1-2 bad number
+        "B,ecog,1,,,2026-11-01\n" "B,ecog,4,,,21/11/2026\n"             # 3-4 bad date
+        "C,ecog,1,,,2026-11-01\n" "C,ecog,4,,,2026-11-21,oops\n"        # 5-6 extra field
+        "D,ecog,1,,,2026-11-01\n" "D,ecog,4,,,\n"                       # 7-8 no date
+        "E,ecog,1,,,2026-11-01\n" "E,ecog,,,,2026-11-21\n"              # 9-10 no value
+        "F,ecog,1,,,2026-11-01\n" "zz,qq,1,,,2026-11-21,extra\n")       # 11-12 no element
+    (tmp_path / "pr.csv").write_text("PID,SCT,START\n"
+                                     "A,128053003,2026-10-01,stray\n")  # DVT, shifted row
+    (tmp_path / "m.yaml").write_text(UNREADABLE_MAPPING)
+    return list(iter_patients(load_mapping(tmp_path / "m.yaml")))
+
+
+def test_unreadable_lab_rows_are_passed_on_as_unusable(tmp_path: Path) -> None:
+    """B1: a lab row with a known patient and element but an unreadable value or date reaches
+    the canonical patient as a result the normalizer finds unusable (dated when its date can
+    be read), so that the normalizer's rule hides the older results; not dropped."""
+    from screener.normalize import prepare
+    recs = _unreadable_registry(tmp_path)
+    by_id = _by_id(recs)
+    ecog = {pid: [o for o in p["observations"] if o["element"] == "ecog"]
+            for pid, p in by_id.items()}
+    assert ecog["A"][1] == {"element": "ecog", "value": "unreadable: '4,0'",
+                            "date": "2026-11-21", "source": "l.csv:row 2"}
+    assert "date" not in ecog["B"][1] and ecog["B"][1]["value"] == 4
+    assert "date" not in ecog["C"][1] and ecog["C"][1]["value"].startswith("unreadable: ")
+    assert "date" not in ecog["D"][1] and ecog["D"][1]["value"] == 4
+    assert len(ecog["E"]) == 1          # a blank value is no result: skipped, with an issue
+    assert len(ecog["F"]) == 1
+    issues = {loc: {(i["loc"], i["code"]) for i in iss} for loc, _, iss in recs}
+    assert ("l.csv:row 2:VALUE", "bad_number") in issues["p.csv:row 1"]
+    assert ("l.csv:row 4:DATE", "bad_date") in issues["p.csv:row 2"]
+    assert ("l.csv:row 6", "ragged_row") in issues["p.csv:row 3"]
+    assert ("l.csv:row 8:DATE", "missing_date") in issues["p.csv:row 4"]
+    assert ("l.csv:row 10:VALUE", "missing_value") in issues["p.csv:row 5"]
+    assert recs[-1] == ("l.csv", None, [{"loc": "l.csv:row 12", "code": "ragged_row",
+                                         "msg": "row has 7 fields but the header has 6; "
+                                                "row skipped"}])
+    # the normalizer sees an unusable ecog result for A-D (older results hidden), none for E
+    for pid in "ABCD":
+        prep = prepare(by_id[pid], date(2026, 11, 22))
+        assert prep.unusable.get("ecog"), pid
+    assert not prepare(by_id["E"], date(2026, 11, 22)).unusable.get("ecog")
+    # a shifted problem row: an unconfirmed condition (absence stays unknown despite review);
+    # under a complete review, readings that give an unplaced code pass it on as well (the
+    # row may hold any condition, so review-based absence must stay unknown)
+    conds = by_id["A"]["conditions"]
+    assert {"element": condition_for(SNOMED, "128053003"), "verification_status": "unconfirmed",
+            "source": "pr.csv:row 1"} in conds
+    assert all(c["verification_status"] == "unconfirmed" for c in conds)
+
+
+def test_shifted_row_readings() -> None:
+    """`_rows` offers every reading of a row with extra fields: columns left of the inserted
+    fields in place, the others moved right."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "p.csv").write_text("a,b,c\n1,2,3,4\n")
+        (Path(d) / "m.yaml").write_text("patients: {file: p.csv, id: a}\n")
+        m = load_mapping(Path(d) / "m.yaml")
+        ((n, cells, problem, shifted),) = list(tabular._rows(m, m.patients, None,
+                                                             ["a", "b", "c"]))
+    assert n == 1 and cells == {} and problem and "4 fields" in problem
+    assert shifted == [{"a": "2", "b": "3", "c": "4"}, {"a": "1", "b": "3", "c": "4"},
+                       {"a": "1", "b": "2", "c": "4"}, {"a": "1", "b": "2", "c": "3"}]
+
+
+def test_unreadable_flag_and_exposure_are_kept_unknown(tmp_path: Path) -> None:
+    (tmp_path / "w.csv").write_text("id,dvt,d,blina\np1,maybe,2026-11-01,lots\n"
+                                    "p2,,2026-11-01,\n")
+    (tmp_path / "m.yaml").write_text(
+        "patients:\n  file: w.csv\n  id: id\n"
+        "  conditions: {dvt: {column: dvt, date: d}}\n"
+        "  exposures: {blinatumomab: {days: blina}}\n")
+    (_, p1, issues), (_, p2, _) = list(iter_patients(load_mapping(tmp_path / "m.yaml")))
+    assert p1["conditions"] == [{"element": "dvt", "verification_status": "unconfirmed",
+                                 "source": "w.csv:row 1"}]
+    assert p1["exposures"] == [{"element": "blinatumomab", "source": "w.csv:row 1"}]
+    assert _codes(issues) == {("w.csv:row 1:dvt", "bad_value"),
+                              ("w.csv:row 1:blina", "bad_number")}
+    assert p2["conditions"] == [] and p2["exposures"] == []   # blank: nothing recorded
+
+
+def test_undecodable_byte_near_the_header_is_a_cell_issue(tmp_path: Path) -> None:
+    """B2: the header check reads with the rows' replacement policy, so a bad byte within the
+    first block of the file is a value issue, not a failed run."""
+    (tmp_path / "p.csv").write_bytes(b"pid,dob\nA,1990-01-01\nB,19\xff0-01-01\n")
+    (tmp_path / "m.yaml").write_text("patients: {file: p.csv, id: pid, birth_date: dob}\n")
+    recs = list(iter_patients(load_mapping(tmp_path / "m.yaml")))
+    assert [p["id"] for _, p, _ in recs if p] == ["A", "B"]
+    assert _codes(recs[1][2]) == {("p.csv:row 2:dob", "bad_date")}
+
+
+def test_repeated_patient_row_is_its_own_record(tmp_path: Path) -> None:
+    """B3: a repeated id in the patients table is screened once per row (as in NDJSON), each
+    row with all of the patient's long-table rows, and flagged."""
+    (tmp_path / "p.csv").write_text("pid,dob,inf,d\nP1,1990-01-01,0,2026-11-20\n"
+                                    "P1,1990-01-01,1,2026-11-21\nP2,1980-01-01,0,2026-11-20\n")
+    (tmp_path / "l.csv").write_text("PID,CODE,VALUE,DATE\nP1,ecog,1,2026-11-01\n")
+    (tmp_path / "m.yaml").write_text(
+        "patients:\n  file: p.csv\n  id: pid\n  birth_date: dob\n"
+        "  conditions: {active_infection: {column: inf, date: d}}\n"
+        "labs: {file: l.csv, patient_id: PID, code: CODE, system: element, value: VALUE,"
+        " date: DATE}\n")
+    recs = list(iter_patients(load_mapping(tmp_path / "m.yaml")))
+    assert [(loc, p["id"]) for loc, p, _ in recs if p] == [
+        ("p.csv:row 1", "P1"), ("p.csv:row 2", "P1"), ("p.csv:row 3", "P2")]
+    first, second = recs[0][1], recs[1][1]
+    assert first["observations"] == second["observations"] and \
+        first["observations"] is not second["observations"]
+    assert first["conditions"][0]["present"] is False and "present" not in \
+        second["conditions"][0]
+    assert recs[0][2] == [] and _codes(recs[1][2]) == {("p.csv:row 2:pid", "duplicate_id")}

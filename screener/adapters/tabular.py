@@ -66,26 +66,38 @@ of a listed condition, and the hierarchy is not modelled.
 Condition flags: a value in ``present`` (default ``1 y yes true t x present positive``, case
 insensitive) gives a condition with the ``onset`` / ``abatement`` columns; a value in ``absent``
 (default ``0 n no false f absent negative``) gives ``present: false`` dated by ``date``, and is
-skipped when the mapping has no ``date`` (an undated "no" proves nothing); blank is unknown.
+skipped when the mapping has no ``date`` (an undated "no" proves nothing); blank is unknown;
+any other value gives an unconfirmed condition (unknown, even under a complete review).
 
 Output and issues
 -----------------
 :func:`iter_patients` yields ``(locator, patient, issues)``: the locator is ``"file:row N"`` of
 the patient row; ``patient`` is the canonical dict, or ``None`` when no patient can be built
-(blank or duplicate id, rows of a long table whose patient id is not in the patients table,
-long-table rows without a patient id); ``issues`` are ``{"loc", "code", "msg"}`` dicts whose
+(blank id, rows of a long table whose patient id is not in the patients table, long-table
+rows without a patient id); ``issues`` are ``{"loc", "code", "msg"}`` dicts whose
 ``loc`` is ``"file:row N:COLUMN"``. Row numbers count *data* records from 1 (the header is not
 counted), in CSV and Parquet alike: in a text file without embedded newlines, row N is line N+1.
-Every observation and condition carries ``source: "file:row N"`` as evidence.
+Every observation and condition carries ``source: "file:row N"`` as evidence. A patient id on
+more than one row of the patients table is not skipped: each row is its own record (with a
+``duplicate_id`` issue on the later ones), each with all of the patient's long-table rows, as a
+repeated id in NDJSON is screened once per record (the batch lists them in duplicates.csv).
 
-Bad cells never stop the run. **Policy: an unusable cell drops what it belongs to, with an
-issue.** An unparseable number, date or coded value drops that observation (the issue quotes the
-raw text), an unusable reference range drops only the range, an unknown sex leaves sex out. We
-drop rather than pass raw strings on because the adapter alone knows the file and row; the
-normalizer would only see a patient. A dropped result is *missing*, so criteria that need it
-become ``unknown``, never ``true``. Reference ranges are read for quantity elements only (coded
-lab rows put text such as ``Negative; Positive`` in their limit columns). Undecodable bytes
-become U+FFFD rather than stopping the run (set ``encoding`` for non-UTF-8 exports).
+Bad cells never stop the run, and an unreadable result never lets an older one decide.
+**Policy: a result whose value or date cannot be read is passed on as an unusable result, with
+an issue** (the issue quotes the raw text and names the file, row and column, which the
+normalizer cannot). An unparseable number or coded value gives the observation the value
+``"unreadable: ..."``, which the normalizer cannot use; an unparseable or blank date leaves the
+date out. The normalizer's rule then applies, as for NDJSON and FHIR input: an unusable result
+hides the older usable results of its element, an undated one hides all of them, so criteria
+that need the element become ``unknown``, never ``met`` / ``not_met`` on older data. A long-table
+row with more fields than the header (columns shifted by an unquoted delimiter) is passed on,
+undated and unusable, to the patient and element its id and code columns may be read as (see
+`_rows`); a lab row whose value is blank is no result and is skipped. An unreadable condition
+flag gives an unconfirmed condition, an exposure with only unreadable cells one without a
+duration (both unknown). An unusable reference range drops only the range, an unknown sex leaves
+sex out. Reference ranges are read for quantity elements only (coded lab rows put text such as
+``Negative; Positive`` in their limit columns). Undecodable bytes become U+FFFD rather than
+stopping the run, in the header as in the rows (set ``encoding`` for non-UTF-8 exports).
 
 Memory
 ------
@@ -132,7 +144,7 @@ from ..elements import (
     condition_broader,
     condition_for,
 )
-from ..errors import ScreenerError, did_you_mean
+from ..errors import ScreenerError, cut, did_you_mean, short_repr
 
 Issue = dict[str, str]
 Patient = dict[str, Any]
@@ -228,6 +240,8 @@ _SEX = {"m": "male", "male": "male", "f": "female", "female": "female", "o": "ot
 _NA_DEFAULT = ("", "NA", "N/A", "n/a", "NULL", "null", "NaN", "nan", "None")
 _PRESENT_DEFAULT = frozenset({"1", "y", "yes", "true", "t", "x", "present", "positive"})
 _ABSENT_DEFAULT = frozenset({"0", "n", "no", "false", "f", "absent", "negative"})
+#: start of the value of a result whose cells cannot be read (see `_unreadable`)
+_UNREADABLE = "unreadable"
 
 
 class _Loader(yaml.SafeLoader):
@@ -566,7 +580,9 @@ def _header(path: Path, t: Table) -> list[str]:
         import pyarrow.parquet as pq  # imported lazily: CSV-only users need no pyarrow
 
         return list(pq.ParquetFile(path).schema_arrow.names)
-    with path.open(newline="", encoding=t.encoding) as fh:
+    # the same replacement policy as `_rows`: an undecodable byte anywhere in the first block
+    # read (about 8 KB of data rows) must not make the whole table unreadable
+    with path.open(newline="", encoding=t.encoding, errors="replace") as fh:
         return next(csv.reader(fh, delimiter=t.delimiter), [])
 
 
@@ -607,8 +623,14 @@ def check_tables(m: Mapping, base_dir: str | Path | None = None) -> None:
 
 
 def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
-          ) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    """Stream (row number, {column: cell}, problem) for the given columns of a table."""
+          ) -> Iterator[tuple[int, dict[str, Any], str | None, list[dict[str, Any]]]]:
+    """Stream (row number, {column: cell}, problem, shifted) for the given columns of a table.
+
+    A text row with more fields than the header gives no cells (its columns are shifted by an
+    unquoted delimiter somewhere) but ``shifted``: every way of reading the given columns if
+    the extra fields were inserted before some column (columns left of it read in place, the
+    others moved right by all the extra fields). The caller may use them to find which patient
+    and element the row belongs to, never its values."""
     path = _resolve(m, t, base_dir)
     if t.format == "parquet":
         import pyarrow.parquet as pq
@@ -619,7 +641,7 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
             data = batch.to_pydict()
             for i in range(batch.num_rows):
                 n += 1
-                yield n, {c: data[c][i] for c in columns}, None
+                yield n, {c: data[c][i] for c in columns}, None, []
         return
     # errors="replace": one undecodable byte must not stop the run; it shows up as U+FFFD in
     # the cell (and then as an unparseable value) instead. Set `encoding` for latin-1 exports.
@@ -636,7 +658,7 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
                 break
             except csv.Error as e:  # e.g. a field over the csv module's size limit
                 n += 1
-                yield n, {}, f"unreadable row ({e}); row skipped"
+                yield n, {}, f"unreadable row ({e}); row skipped", []
                 continue
             if not row:  # csv yields [] for blank lines; they are not records
                 continue
@@ -644,14 +666,23 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
             problem = None
             if len(row) > width:
                 # Extra fields mean the columns are shifted (an unquoted delimiter in a text
-                # field); every mapped cell may be wrong, so the row is not used.
-                yield n, {}, f"row has {len(row)} fields but the header has {width}; row skipped"
+                # field); every mapped cell may be wrong, so the row is not used as such.
+                extra = len(row) - width
+                by_pos = sorted(index, key=lambda ci: ci[1])
+                shifted: list[dict[str, Any]] = []
+                for k in range(len(by_pos) + 1):
+                    alt = {c: row[i] if j < k else row[i + extra]
+                           for j, (c, i) in enumerate(by_pos)}
+                    if alt not in shifted:
+                        shifted.append(alt)
+                yield (n, {}, f"row has {len(row)} fields but the header has {width}; "
+                              f"row skipped", shifted)
                 continue
             if len(row) < width:
                 problem = (f"row has {len(row)} fields but the header has {width}; "
                            f"missing fields read as blank")
                 row = row + [""] * (width - len(row))
-            yield n, {c: row[i] for c, i in index}, problem
+            yield n, {c: row[i] for c, i in index}, problem, []
 
 
 # --------------------------------------------------------------------------------------------
@@ -807,13 +838,22 @@ class _Row:
         return out
 
 
+def _unreadable(why: str) -> str:
+    """The value given to a result that cannot be read: no number, boolean or coded value, so
+    the normalizer finds the observation unusable (as the FHIR adapter does)."""
+    return cut(f"{_UNREADABLE}: {why}", 120)
+
+
 def _observation(r: _Row, e: Element, fields: dict[str, Field]) -> dict[str, Any] | None:
-    """One observation from the value / unit / low / high / date / status fields of a row."""
+    """One observation from the value / unit / low / high / date / status fields of a row;
+    None only when the value cell is blank (no result). An unreadable value or date gives an
+    observation the normalizer finds unusable (see "Bad cells")."""
     vf = fields.get("value")
     raw = r.raw(vf)
     if raw is None:
         return None
     obs: dict[str, Any] = {"element": e.name}
+    readable = True
     try:
         if e.kind == "quantity":
             cmp, num = _parse_number(raw)
@@ -828,24 +868,28 @@ def _observation(r: _Row, e: Element, fields: dict[str, Field]) -> dict[str, Any
         what = {"quantity": "a number", "coded": f"one of {', '.join(e.values)}",
                 "boolean": "true or false"}.get(e.kind, "a value")
         r.issue(vf, "bad_number" if e.kind == "quantity" else "bad_value",
-                f"{e.name}: {str(raw).strip()!r} is not {what}; result dropped")
-        return None
+                f"{e.name}: {str(raw).strip()!r} is not {what}; passed on as an unusable "
+                f"result (it hides older {e.name} results)")
+        obs["value"] = _unreadable(short_repr(str(raw).strip(), 80))
+        readable = False
     unit = r.raw(fields.get("unit"))
     if unit is not None:
         obs["unit"] = str(unit).strip()
-    if e.kind == "quantity":
+    if e.kind == "quantity" and readable:
         rr = _reference_range(r, e, fields, obs.get("unit"))
         if rr:
             obs["reference_range"] = rr
     dfield = fields.get("date")
     d = r.date(dfield, f"{e.name} date")
     if d is None:
+        # undated, the result is unusable and hides every other result of its element
+        undated = f"passed on undated (unusable: it hides every {e.name} result)"
         if r.raw(dfield) is None:
-            r.issue(dfield, "missing_date", f"{e.name}: result has no date; result dropped")
+            r.issue(dfield, "missing_date", f"{e.name}: result has no date; {undated}")
         else:
-            r.issues[-1]["msg"] += "; result dropped"
-        return None
-    obs["date"] = d
+            r.issues[-1]["msg"] += f"; {undated}"
+    else:
+        obs["date"] = d
     status = r.raw(fields.get("status"))
     if status is not None:
         obs["status"] = str(status).strip().lower()
@@ -915,8 +959,9 @@ def _condition_flag(r: _Row, cf: ConditionFlag) -> dict[str, Any] | None:
         return {"element": cf.element, "present": False, "date": d, "source": r.where}
     r.issue(flag, "bad_value", f"{cf.element}: flag {str(raw).strip()!r} is neither present "
                                f"({', '.join(sorted(cf.present))}) nor absent "
-                               f"({', '.join(sorted(cf.absent))}); ignored")
-    return None
+                               f"({', '.join(sorted(cf.absent))}); passed on as unconfirmed")
+    # ignored, a complete condition review would prove the condition absent
+    return {"element": cf.element, "verification_status": "unconfirmed", "source": r.where}
 
 
 def _exposure(r: _Row, xm: ElementMap) -> dict[str, Any] | None:
@@ -934,8 +979,10 @@ def _exposure(r: _Row, xm: ElementMap) -> dict[str, Any] | None:
         v = r.date(xm.fields.get(k), f"{xm.element} {k}")
         if v is not None:
             out[k] = v
-    if len(out) == 1:
-        return None
+    if len(out) == 1 and all(r.raw(xm.fields.get(k)) is None for k in ("days", "start", "end")):
+        return None  # blank: no exposure recorded
+    # with unreadable cells only, kept without a duration (unknown), so that a complete therapy
+    # review cannot count it as "no exposure"
     out["source"] = r.where
     return out
 
@@ -1008,8 +1055,8 @@ class _LongStore:
         self._db.commit()
 
     def get(self, pid: str) -> _Group | None:
-        """The patient's group; None when it has no rows. (Read once per patient: the
-        patients table's duplicate ids are skipped before this.)"""
+        """The patient's group, freshly unpickled (a repeated patient id of the patients
+        table reads it once per row, each its own copy); None when it has no rows."""
         got = self._db.execute("SELECT kind, item FROM rows WHERE pid = ? ORDER BY seq",
                                (pid,)).fetchall()
         if not got:
@@ -1067,6 +1114,70 @@ def _remove_stale_stores(parent: str) -> None:
             pass   # alive under another user, or not a pid at all
 
 
+def _lab_element(t: Table, code: str, loinc: dict[str, str]) -> str | None:
+    """The catalogue observation element a lab row's code names, or None."""
+    name = (code if code in ELEMENTS else None) if t.system == "element" else loinc.get(code)
+    e = ELEMENTS.get(name) if name else None
+    if e is None or e.kind not in ("quantity", "coded", "boolean") or e.name in DEMOGRAPHIC:
+        return None
+    return e.name
+
+
+def _problem_target(m: Mapping, t: Table, code: str) -> tuple[str, dict[str, str] | None] | None:
+    """What a problem row's code gives: (element, None) for a catalogue condition, ("", coding)
+    for a code passed on as such (a broader code, or any code the catalogue cannot place when
+    the problem list is declared complete), None for an unmapped code."""
+    system_url = _PROBLEM_SYSTEMS[t.system or "snomed"]
+    name = condition_for(system_url, code) if code else None
+    if name is not None:
+        return name, None
+    if code and condition_broader(system_url, code):
+        # a broader code (e.g. ALL for B-ALL) is passed on as a code: the normalizer makes the
+        # condition possible but unconfirmed
+        return "", {"system": system_url, "code": code}
+    if code and "conditions" in m.reviewed and t.system not in ("icd10", "icd10cm"):
+        # The problem list is declared complete, so a code we cannot place must reach the
+        # normalizer: it may be a more specific form of a catalogue condition (the SNOMED CT
+        # hierarchy is not modelled), and absence must then stay unknown. It reports the
+        # unmapped code itself.
+        return "", {"system": system_url, "code": code}
+    return None
+
+
+def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
+                   loinc: dict[str, str]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(patient id, kind, unusable item) for a row with extra fields, for every reading of it
+    (see `_rows`) that gives a patient id and a catalogue element: its values and dates cannot
+    be trusted, but dropped, an older result would decide. An undated unusable result hides
+    every result of its element (an unconfirmed condition keeps the condition unknown)."""
+    out: list[tuple[str, int, dict[str, Any]]] = []
+    for cells in shifted:
+        r = _Row(m, t, n, cells, [])
+        pid_raw, code_raw = r.raw(t.fields["patient_id"]), r.raw(t.fields["code"])
+        if pid_raw is None or code_raw is None:
+            continue
+        pid, code = _patient_id(pid_raw), str(code_raw).strip()
+        item: dict[str, Any]
+        if t.role == "labs":
+            name = _lab_element(t, code, loinc)
+            if name is None:
+                continue
+            item = {"element": name, "value": _unreadable("row with shifted columns"),
+                    "source": r.where}
+            kind = _OBSERVATION
+        else:
+            target = _problem_target(m, t, code)
+            if target is None:
+                continue
+            name, coding = target
+            item = {"element": name} if coding is None else {"codes": [coding]}
+            item.update({"verification_status": "unconfirmed", "source": r.where})
+            kind = _CONDITION
+        if all((pid, item) != (p, i) for p, _, i in out):
+            out.append((pid, kind, item))
+    return out
+
+
 def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
                store: _LongStore) -> None:
     """Read every long table once and file its parsed rows by patient id (see Memory)."""
@@ -1074,13 +1185,21 @@ def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
     add = store.add
     for t in m.labs + m.problems:
         cols = list(t.columns())
-        for n, cells, problem in _rows(m, t, base_dir, cols):
+        for n, cells, problem, shifted in _rows(m, t, base_dir, cols):
             tmp: list[Issue] = []
             r = _Row(m, t, n, cells, tmp)
             if problem:
                 r.issue(None, "ragged_row", problem)
                 if not cells:
-                    stray.extend(tmp)
+                    links = _shifted_links(m, t, n, shifted, loinc) if shifted else []
+                    for pid, kind, item in links:
+                        what = (f"an undated unusable {item['element']} result"
+                                if kind == _OBSERVATION else "an unconfirmed condition")
+                        msg = (f"{problem.removesuffix('; row skipped')}: its cells cannot be "
+                               f"trusted; passed on to patient {pid!r} as {what}")
+                        add(pid, t.file, kind, item, [{**tmp[0], "msg": msg}])
+                    if not links:
+                        stray.extend(tmp)
                     continue
             pid_raw = r.raw(t.fields["patient_id"])
             if pid_raw is None:
@@ -1094,31 +1213,15 @@ def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
             label = f" ({str(label_raw).strip()})" if label_raw is not None else ""
             name: str | None
             if t.role == "labs":
-                name = (code if code in ELEMENTS else None) if t.system == "element" \
-                    else loinc.get(code)
-                e = ELEMENTS.get(name) if name else None
-                if e is None or e.kind not in ("quantity", "coded", "boolean") \
-                        or e.name in DEMOGRAPHIC:
-                    name = None
+                name = _lab_element(t, code, loinc)
             else:
-                system_url = _PROBLEM_SYSTEMS[t.system or "snomed"]
-                name = condition_for(system_url, code) if code else None
-                if name is None and code and condition_broader(system_url, code):
-                    # a broader code (e.g. ALL for B-ALL) is passed on as a code: the
-                    # normalizer makes the condition possible but unconfirmed
-                    cond = _problem(r, "", {"system": system_url, "code": code})
+                target = _problem_target(m, t, code)
+                name = None
+                if target is not None:
+                    name, coding = target
+                    cond = _problem(r, name) if coding is None else _problem(r, "", coding)
                     add(pid, t.file, _NOTHING if cond is None else _CONDITION, cond, tmp)
                     continue
-            if name is None and code and t.role != "labs" and "conditions" in m.reviewed \
-                    and t.system not in ("icd10", "icd10cm"):
-                # The problem list is declared complete, so a code we cannot place must reach
-                # the normalizer: it may be a more specific form of a catalogue condition (the
-                # SNOMED CT hierarchy is not modelled), and absence must then stay unknown. It
-                # reports the unmapped code itself.
-                system_url = _PROBLEM_SYSTEMS[t.system or "snomed"]
-                cond = _problem(r, "", {"system": system_url, "code": code})
-                add(pid, t.file, _NOTHING if cond is None else _CONDITION, cond, tmp)
-                continue
             if name is None:
                 system = (t.system or "").upper()
                 if not code:
@@ -1131,15 +1234,12 @@ def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
                     continue
                 add(pid, t.file, _NOTHING, None, tmp)
                 continue
-            if t.role == "labs":
-                obs = _observation(r, ELEMENTS[name], t.fields)
-                if obs is None and r.raw(t.fields.get("value")) is None:
-                    r.issue(t.fields.get("value"), "missing_value",
-                            f"{name}: row has no value; skipped")
-                add(pid, t.file, _NOTHING if obs is None else _OBSERVATION, obs, tmp)
-            else:
-                cond = _problem(r, name)
-                add(pid, t.file, _NOTHING if cond is None else _CONDITION, cond, tmp)
+            # a lab row of a catalogue element: None only when its value is blank (no result)
+            obs = _observation(r, ELEMENTS[name], t.fields)
+            if obs is None:
+                r.issue(t.fields.get("value"), "missing_value",
+                        f"{name}: row has no value; skipped")
+            add(pid, t.file, _NOTHING if obs is None else _OBSERVATION, obs, tmp)
     store.finish()
 
 
@@ -1252,7 +1352,7 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
     _load_long(m, base_dir, stray, store)
     t = m.patients
     cols = sorted({f.column for f in _patient_fields(m).values() if f.column is not None})
-    for n, cells, problem in _rows(m, t, base_dir, cols):
+    for n, cells, problem, _ in _rows(m, t, base_dir, cols):
         issues: list[Issue] = []
         r = _Row(m, t, n, cells, issues)
         if problem:
@@ -1267,10 +1367,11 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
             continue
         pid = _patient_id(pid_raw)
         if not store.first_time(pid):
+            # Screened as its own record, like a repeated id in NDJSON: the rows may differ and
+            # only the coordinator can say which is right (the batch lists both).
             r.issue(t.fields["id"], "duplicate_id",
-                    f"patient id {pid!r} appeared in an earlier row; this row is skipped")
-            yield r.where, None, issues
-            continue
+                    f"patient id {pid!r} appeared in an earlier row of {t.file}; this row is "
+                    f"screened as its own record, with the same long-table rows")
         pt = _patient(m, r, pid)
         g = store.get(pid)
         if g is not None:
