@@ -63,6 +63,9 @@ class Element:
     #: property of the leukemia; a later negative is response to treatment or another assay):
     #: the newest result with this value counts, however many newer results say otherwise
     sticky: str | None = None
+    #: a reference range is used only in the value's own unit: the element covers analytes
+    #: whose mass units convert differently (BUN and urea)
+    range_in_value_unit: bool = False
 
 
 def _f(x: str) -> Fraction:
@@ -103,10 +106,12 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
                    "mmol/l": 1000 / _f("88.4")},
             plausible=(0, 50), uln=True, loinc=("2160-0", "14682-9", "38483-4")),
     # BUN and urea are one element: the protocols say "BUN" and labs report either. A x ULN
-    # comparison uses the result's own reference range, so the analyte's unit never matters there.
+    # comparison uses the result's own reference range, so the analyte never matters there, as
+    # long as value and range share a unit: 40 mg/dL of urea is 6.7 mmol/L, of BUN 14.3 mmol/L,
+    # so a range in another unit than the value cannot be converted (range_in_value_unit).
     Element("bun", "quantity", "urea nitrogen (BUN) or urea", unit="mg/dL",
             units={"mg/dl": _ONE, "mmol/l": 1 / _f("0.357")},
-            plausible=(0, 500), uln=True,
+            plausible=(0, 500), uln=True, range_in_value_unit=True,
             loinc=("3094-0", "14937-7", "6299-2", "22664-7", "3091-6")),
     Element("creatinine_clearance", "quantity", "creatinine clearance or eGFR", unit="mL/min",
             units={"ml/min": _ONE, "ml/min/1.73m2": _ONE, "ml/min/{1.73_m2}": _ONE},

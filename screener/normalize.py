@@ -139,6 +139,8 @@ class Prepared:
     as_of: date
     age: tuple[int, int] | None = None      # min and max possible age at as_of
     age_source: str = ""
+    #: why no age is known, when a reason is more than "none given"
+    age_missing: str = ""
     sex: str | None = None
     readings: dict[str, list[Reading]] = field(default_factory=dict)
     conditions: dict[str, list[CondRecord]] = field(default_factory=dict)
@@ -438,6 +440,17 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
                 prep.issue("birth_date", "implausible", f"age {hi} at as_of is implausible", "age")
             else:
                 prep.age, prep.age_source = (lo, hi), f"birth_date {raw}"
+                given = p.get("age")
+                n = parse_number(given) if given is not None and not isinstance(given, str) \
+                    else None
+                if given is not None and (n is None or not lo <= n <= hi):
+                    # two statements of the age that disagree (or an unreadable one): neither
+                    prep.issue("age", "conflict", f"age {short_repr(given)} disagrees with birth "
+                               f"date {short_repr(raw)} (age {lo if lo == hi else f'{lo}-{hi}'} "
+                               "at as_of): age not used", "age")
+                    prep.age = None
+                    prep.age_missing = (f"age {short_repr(given)} and birth date "
+                                        f"{short_repr(raw)} disagree")
     elif "age" in p and p["age"] is not None:
         raw = p["age"]
         n = parse_number(raw) if not isinstance(raw, str) else None
@@ -470,17 +483,26 @@ def _codings(item: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _element_of(item: Mapping[str, Any]) -> str | None:
     el = item.get("element")
-    if isinstance(el, str):
-        return el if el in ELEMENTS else None
+    if isinstance(el, str) and el in ELEMENTS:
+        return el
+    found = _elements_of_codes(item)
+    return found[0] if found else None
+
+
+def _elements_of_codes(item: Mapping[str, Any]) -> list[str]:
+    """Every catalogue element an entry's codes name, in code order."""
+    out: list[str] = []
     for system, code in _codings(item):
+        name = None
         if system == LOINC and code in _LOINC:
-            return _LOINC[code]
-        if system == PROJECT and code in ELEMENTS:
-            return code
-        cond = condition_for(system, code)
-        if cond:
-            return cond
-    return None
+            name = _LOINC[code]
+        elif system == PROJECT and code in ELEMENTS:
+            name = code
+        else:
+            name = condition_for(system, code)
+        if name and name not in out:
+            out.append(name)
+    return out
 
 
 _IGNORED_STATUS = {"entered-in-error", "cancelled"}
@@ -520,11 +542,19 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         prep.issue(loc, "status", f"status {short_repr(status)}: not used", name)
         return
     raw_date = get("date")
-    day = parse_date(raw_date)[0]
+    day, complete = parse_date(raw_date)
     stamp = str(raw_date).strip() if day is not None else ""
     if day is not None and day > prep.as_of:
         prep.issue(f"{loc}.date", "after_as_of",
                    f"dated {day}, after as_of {prep.as_of}: not used", name)
+        return
+    if day is not None and not complete:
+        # "2026-10": it may be the newest result, and inside a window or not; dated at the
+        # period's last possible day, it hides what it may be newer than
+        last = min(_period_end(raw_date, day) or day, prep.as_of)
+        _unusable(prep, name, last, stamp, loc, "partial_date",
+                  f"partial date {short_repr(raw_date)}: when it was taken is not known",
+                  f"{loc}.date")
         return
 
     if day is None:
@@ -561,6 +591,16 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             return
         shown = value
     else:
+        unit = get("unit")
+        if el.name in ("hbv_dna", "hcv_rna") and isinstance(unit, str) and "log" in \
+                unit.lower() and not isinstance(raw, str):
+            # log10 IU/mL: 0 is 1 IU/mL (detected), and labs also write 0 for "not detected"
+            n = parse_number(raw)
+            if n is None or n <= 0:
+                _unusable(prep, name, day, stamp, loc, "value", f"{name} {short_repr(raw)} "
+                          f"{short_repr(unit)}: a log value of 0 or less does not say whether "
+                          "the virus was detected", loc)
+                return
         value = _coded(el, raw)
         if value is None:
             _unusable(prep, name, day, stamp, loc, "value",
@@ -742,8 +782,13 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
     range_problem = ""
     if has_rr:
         high = parse_number(high_raw)
-        rfactor = el.units.get(normalise_unit(rr_unit if isinstance(rr_unit, str) else None))
-        if high is None or high <= 0 or rfactor is None:
+        r_unit = normalise_unit(rr_unit if isinstance(rr_unit, str) else None)
+        rfactor = el.units.get(r_unit)
+        if el.range_in_value_unit and rfactor is not None and r_unit != unit:
+            range_problem = (f"upper limit {short_repr(high_raw)} {rr_unit} is in another unit "
+                             f"than the value ({unit_raw}): {el.label} cannot be converted "
+                             "between them (BUN and urea differ)")
+        elif high is None or high <= 0 or rfactor is None:
             range_problem = f"unusable upper limit {short_repr(high_raw)} {rr_unit or ''}"
         else:
             uln = high * rfactor
@@ -790,8 +835,28 @@ def _coded(el: Element, raw: Any) -> str | None:
 
 
 def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
-    name = _element_of(item)
+    el = item.get("element")
+    if not (isinstance(el, str) and el in ELEMENTS):
+        names = _elements_of_codes(item)
+        if isinstance(el, str) and names:
+            prep.issue(loc, "unknown_element", f"unknown element {short_repr(el)}; read by its "
+                       f"code(s) as {', '.join(names)}", names[0])
+        if len(names) > 1:
+            # codes for two conditions (heart failure and an MI): a record of each, as the
+            # FHIR adapter does, not only the first
+            for n in names:
+                _condition_of(prep, {**item, "element": n}, loc, n)
+            return
+    _condition_of(prep, item, loc, _element_of(item))
+
+
+def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str | None) -> None:
     broader = None if name is not None else _broader_of(item)
+    if broader is not None and item.get("present") is False:
+        # "no atrial fibrillation" does not say "no clinically significant arrhythmia"
+        prep.issue(loc, "broader_code", f"a documented absence of a concept broader than or "
+                   f"beside {broader!r} does not prove {broader!r} absent: not used", broader)
+        return
     if broader is not None:
         # e.g. "acute lymphoblastic leukemia" for B-ALL: possible, not proven
         prep.issue(loc, "broader_code", f"coded with a broader concept than {broader!r}: "
@@ -802,8 +867,11 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         # unmapped diagnosis codes are normal (a record holds many): noted without alarm
         _unknown_name(prep, item, loc, "condition")
         codings = _codings(item)
-        if not isinstance(item.get("element"), str) and \
-                not any(system in (ICD10, ICD10CM) for system, _ in codings):
+        if isinstance(item.get("element"), str):
+            # a name the catalogue does not know ("PE", "stroke") may be a listed condition
+            if item.get("present") is not False:
+                prep.unresolved.append(f"{loc} (element {short_repr(item['element'])})")
+        elif not any(system in (ICD10, ICD10CM) for system, _ in codings):
             # ICD-10 codes are matched by prefix, so an unmatched one is some other disease;
             # anything else (a SNOMED child concept, a local code, no code) might be ours
             shown = ", ".join(f"{_system_name(system)} {code}" for system, code in codings)
@@ -1086,7 +1154,7 @@ def _plans(trial: Trial) -> dict[bool, list[_PlanEntry]]:
 
 def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
     if prep.age is None:
-        ev["missing"] = "no usable birth date or age"
+        ev["missing"] = prep.age_missing or "no usable birth date or age"
         return None
     lo, hi = prep.age
     ev["source"] = prep.age_source
@@ -1109,8 +1177,8 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
         usable = readings
     else:
         start = days_before(prep.as_of, win)
-        usable = readings if not readings or readings[-1].day >= start else \
-            [r for r in readings if r.day >= start]
+        # (results are in order of their moments, not their recorded days: filter them all)
+        usable = [r for r in readings if r.day >= start]
     sticky = ELEMENTS[name].sticky
     if sticky is not None and usable:
         kept = next((r for r in usable if r.value == sticky), None)
@@ -1127,8 +1195,10 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
     top_lo, top_zoned = (usable[0].lo, usable[0].zoned) if usable else (0, False)
     for day, stamp, why, loc, (_, u_hi, u_zoned) in prep.unusable.get(name, ()):
         # an unusable result that may be as new as the newest usable one (or undated) hides it
+        # (for a sticky element, any unusable result in the window may be the sticky value)
         if day is None or (_within(day, prep.as_of, win) and (
-                not usable or may_be_as_new(u_hi, u_zoned, top_lo, top_zoned))):
+                not usable or sticky is not None or
+                may_be_as_new(u_hi, u_zoned, top_lo, top_zoned))):
             when = f"of {stamp}" if day is not None else "without a date"
             ev["missing"] = f"{name} result {when} ({loc}) is unusable: {why}"
             return None
@@ -1256,6 +1326,10 @@ def _place(r: CondRecord, active: bool, start: date | None, point: bool
     why) it cannot be placed, so the test is unknown. `point`: the record is an event at its
     onset (a myocardial infarction), which does not last into a window."""
     name = r.element
+    if r.abatement is not None and r.clinical in _ACTIVE and (
+            active or start is not None and not (r.onset is not None and r.onset >= start)):
+        # an end date and an active status (FHIR forbids the pair): did it end or not?
+        return False, f"{name} ({r.source}) has an end date ({r.abatement}) but is {r.clinical}"
     if active:
         if r.abatement is not None or (r.clinical in _ENDED):
             return None, ""

@@ -57,7 +57,8 @@ def test_results_that_may_be_equally_recent_and_disagree_are_unknown(
     for order in ([a, b], [b, a]):
         v = verdict(screener, {"observations": order}, "inc_ecog")
         assert v["verdict"] == "unknown", v
-        assert "conflicting ecog results" in v["missing"][0]["reason"]
+        reason = v["missing"][0]["reason"]
+        assert "conflicting ecog results" in reason or "partial date" in reason, reason
 
 
 def test_results_on_distinct_days_still_order(screener: Screener) -> None:
@@ -226,3 +227,142 @@ def test_an_implausible_upper_limit_decides_nothing(screener: Screener) -> None:
     assert v["verdict"] == "unknown", v
     assert verdict(screener, alt(40), "inc_liver_transaminases")["verdict"] == "met"
     assert verdict(screener, alt(0.004), "inc_liver_transaminases")["verdict"] == "not_met"
+
+
+# --- second audit: element semantics (reproducers of a tester, inline) ------------------
+
+SECOND_AUDIT: dict[str, tuple[dict[str, Any], str, str]] = {
+    'r1_sticky_window': (
+        {'conditions': [{'element': 'dvt', 'onset': '2026-06-01', 'clinical_status': 'active'}],
+         'observations': [{'element': 'vte_symptomatic', 'value': True, 'date': '2026-05-21'},
+                          {'element': 'vte_symptomatic',
+                           'value': False,
+                           'date': '2026-05-22T00:30:00+14:00'}]},
+        'exc_venous_thrombosis', 'not_met'),
+    'r2_broader_negative': (
+        {'conditions': [{'codes': [{'system': 'http://hl7.org/fhir/sid/icd-10',
+                                    'code': 'I48.91'}],
+                         'present': False,
+                         'date': '2026-11-20'},
+                        {'element': 'heart_failure', 'present': False, 'date': '2026-11-20'},
+                        {'element': 'unstable_angina', 'present': False, 'date': '2026-11-20'}]},
+        'exc_cardiac_history', 'unknown'),
+    'r2b_broader_negative_vte': (
+        {'conditions': [{'codes': [{'system': 'http://hl7.org/fhir/sid/icd-10', 'code': 'I81'}],
+                         'present': False,
+                         'date': '2026-11-20'},
+                        {'element': 'pulmonary_embolism',
+                         'present': False,
+                         'date': '2026-11-20'}]},
+        'exc_venous_thrombosis', 'unknown'),
+    'r3_unknown_condition_name': (
+        {'conditions': [{'element': 'PE', 'onset': '2026-10-01', 'clinical_status': 'active'}],
+         'observations': [{'element': 'vte_symptomatic', 'value': True, 'date': '2026-10-01'}],
+         'reviewed': {'conditions': '2026-11-20'}},
+        'exc_venous_thrombosis', 'unknown'),
+    'r3b_name_with_code': (
+        {'conditions': [{'element': 'venous thrombosis',
+                         'codes': [{'system': 'http://snomed.info/sct', 'code': '128053003'}],
+                         'onset': '2026-10-01',
+                         'clinical_status': 'active'}],
+         'observations': [{'element': 'vte_symptomatic', 'value': True, 'date': '2026-10-01'}],
+         'reviewed': {'conditions': '2026-11-20'}},
+        'exc_venous_thrombosis', 'met'),
+    'r3c_obs_name_with_loinc': (
+        {'observations': [{'element': 'alt',
+                           'value': 30,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-11-01'},
+                          {'element': 'SGPT',
+                           'code': {'system': 'http://loinc.org', 'code': '1742-6'},
+                           'value': 400,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-11-20'},
+                          {'element': 'ast',
+                           'value': 30,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-11-01'}]},
+        'inc_liver_transaminases', 'not_met'),
+    'r4_two_codes': (
+        {'conditions': [{'codes': [{'system': 'http://hl7.org/fhir/sid/icd-10',
+                                    'code': 'I50.9'},
+                                   {'system': 'http://hl7.org/fhir/sid/icd-10',
+                                    'code': 'I21.4'}],
+                         'onset': '2026-11-10'}],
+         'reviewed': {'conditions': '2026-11-20'}},
+        'inc_cardiac_acute', 'not_met'),
+    'r4b_two_codes_stroke': (
+        {'conditions': [{'codes': [{'system': 'http://snomed.info/sct', 'code': '128053003'},
+                                   {'system': 'http://hl7.org/fhir/sid/icd-10',
+                                    'code': 'I63.9'}],
+                         'onset': '2026-11-10'}],
+         'reviewed': {'conditions': '2026-11-20'}},
+        'exc_arterial_thrombosis', 'met'),
+    'r5_partial_date_window': (
+        {'observations': [{'element': 'ast',
+                           'value': 20,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-11-20'},
+                          {'element': 'alt',
+                           'value': 30,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-10-25'},
+                          {'element': 'alt',
+                           'value': 400,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-10'},
+                          {'element': 'alt',
+                           'value': 30,
+                           'unit': 'U/L',
+                           'reference_range': {'high': 40},
+                           'date': '2026-09-01'}]},
+        'inc_liver_transaminases', 'unknown'),
+    'r6_age_conflict': (
+        {'birth_date': '1966-01-01', 'age': 61},
+        'inc_age', 'unknown'),
+    'r7_urea_mixed_units': (
+        {'observations': [{'code': {'system': 'http://loinc.org', 'code': '3091-6'},
+                           'value': 40,
+                           'unit': 'mg/dL',
+                           'reference_range': {'high': 8.3, 'unit': 'mmol/L'},
+                           'date': '2026-11-01'},
+                          {'element': 'creatinine',
+                           'value': 0.8,
+                           'unit': 'mg/dL',
+                           'reference_range': {'high': 1.0},
+                           'date': '2026-11-01'}]},
+        'inc_renal', 'unknown'),
+    'r8_hbv_log0': (
+        {'observations': [{'element': 'hbsag', 'value': 'negative', 'date': '2026-11-01'},
+                          {'element': 'hbcab', 'value': 'positive', 'date': '2026-11-01'},
+                          {'element': 'hbv_dna',
+                           'value': 0,
+                           'unit': 'log10 IU/mL',
+                           'date': '2026-11-01'}]},
+        'exc_hbv', 'unknown'),
+    'r9_abated_but_active': (
+        {'conditions': [{'element': 'active_infection',
+                         'onset': '2026-10-01',
+                         'abatement': '2026-10-15',
+                         'clinical_status': 'relapse'}],
+         'reviewed': {'conditions': '2026-11-20'}},
+        'exc_active_infection', 'unknown'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_AUDIT))
+def test_second_audit_cases(screener: Screener, name: str) -> None:
+    """r1: a sticky flag outside the window; r2: a documented absence of a sibling code;
+    r3: a condition name the catalogue lacks (with and without a code); r4: codes for two
+    conditions; r5: a partial date near a window; r6: age and birth date disagree; r7: urea /
+    BUN range in another unit; r8: a log10 viral load of 0; r9: an end date on an active
+    record."""
+    patient, criterion, expected = SECOND_AUDIT[name]
+    v = verdict(screener, patient, criterion)
+    assert v["verdict"] == expected, v
