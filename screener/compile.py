@@ -76,19 +76,104 @@ def rule_names(cid: str) -> dict[str, str]:
     return {"T": f"{cid}__T", "F": f"{cid}__F", "AT": f"{cid}__AT", "AF": f"{cid}__AF"}
 
 
+#: durable_rules limits, measured (a helper's probe of 2.0.28): a rule may hold at most 31
+#: sequence expressions, and every $and / $or takes two (a 16th node: error 113 when the ruleset
+#: is created, so no trial of the directory loads)
+MAX_LOGIC_NODES = 15
+#: the matching walk keeps a fixed stack of 64 entries: every distinct first test of a rule that
+#: is true for a fact takes one, so does every true branch of an $or, and the sentinel one more.
+#: Past it the process dies (segfault / abort in delete_state). The engine splits a trial's rules
+#: into parts that each stay under this bound (a margin below 64); one criterion alone above it
+#: is refused here.
+MAX_STACK = 56
+
+
 def compile_trial(trial: Trial) -> dict[str, Any]:
     """IR -> durable_rules ruleset definition (rule name -> rule)."""
     rules: dict[str, Any] = {}
+    problems: list[RuleError] = []
     for c in trial.criteria:
         names = rule_names(c.id)
+        mine: dict[str, Any] = {}
         if c.logic is not None:
-            rules[names["T"]] = {"all": [{"m": expr(c.logic, True)}]}
-            rules[names["F"]] = {"all": [{"m": expr(c.logic, False)}]}
+            mine[names["T"]] = {"all": [{"m": expr(c.logic, True)}]}
+            mine[names["F"]] = {"all": [{"m": expr(c.logic, False)}]}
         if c.applies_if is not None:
-            rules[names["AT"]] = {"all": [{"m": expr(c.applies_if, True)}]}
-            rules[names["AF"]] = {"all": [{"m": expr(c.applies_if, False)}]}
+            mine[names["AT"]] = {"all": [{"m": expr(c.applies_if, True)}]}
+            mine[names["AF"]] = {"all": [{"m": expr(c.applies_if, False)}]}
+        where = (c.span.path, c.span.line, c.span.column)
+        for name, rule in mine.items():
+            n = logic_nodes(rule["all"][0]["m"])
+            if n > MAX_LOGIC_NODES:
+                problems.append(RuleError(*where, "compile.too_complex",
+                                          f"criterion {c.id!r}: rule {name} needs {n} all / any "
+                                          f"/ between / in nodes; the engine takes at most "
+                                          f"{MAX_LOGIC_NODES} per rule: split the criterion"))
+                break
+        else:
+            if stack_bound(list(mine.values())) > MAX_STACK:
+                problems.append(RuleError(*where, "compile.too_wide",
+                                          f"criterion {c.id!r}: up to "
+                                          f"{stack_bound(list(mine.values()))} of its tests can "
+                                          f"be true at once; the engine takes at most "
+                                          f"{MAX_STACK}: split the criterion"))
+        rules.update(mine)
+    if problems:
+        raise RuleFileError(problems)
     _check_hashes(trial, rules)
     return rules
+
+
+def logic_nodes(e: Expr) -> int:
+    """The $and / $or nodes of an expression (see MAX_LOGIC_NODES)."""
+    ((op, arg),) = e.items()
+    if op in ("$and", "$or"):
+        return 1 + sum(logic_nodes(x) for x in arg)
+    return 0
+
+
+def _roots(e: Expr, out: set[str]) -> None:
+    """The tests that start matching paths: the first part of an $and, every branch of an $or
+    (durable_rules shares identical tests between rules, so they are counted once)."""
+    ((op, arg),) = e.items()
+    if op == "$and":
+        _roots(arg[0], out)
+    elif op == "$or":
+        for x in arg:
+            _roots(x, out)
+    else:
+        out.add(json.dumps(e, sort_keys=True))
+
+
+_TRUE = {"$lt": lambda x, v: x < v, "$lte": lambda x, v: x <= v, "$gt": lambda x, v: x > v,
+         "$gte": lambda x, v: x >= v, "$eq": lambda x, v: x == v, "$neq": lambda x, v: x != v}
+
+
+def stack_bound(rules: list[dict[str, Any]]) -> int:
+    """The most distinct root tests of these rules that one fact can make true at once (see
+    MAX_STACK). Slots are independent, so per slot the worst value is found by trying every
+    threshold and its neighbours (numbers are integer codes) or every tested string and one
+    other; the bound is the sum over slots."""
+    roots: set[str] = set()
+    for r in rules:
+        _roots(r["all"][0]["m"], roots)
+    by_slot: dict[str, list[tuple[str, Any]]] = {}
+    for t in roots:
+        ((op, kv),) = json.loads(t).items()
+        ((key, v),) = kv.items()
+        by_slot.setdefault(key, []).append((op, v))
+    total = 0
+    for tests in by_slot.values():
+        vals = [v for _, v in tests]
+        cands: set[Any] = set()
+        if all(isinstance(v, int) for v in vals):
+            for v in vals:
+                cands |= {v - 1, v, v + 1}
+        else:
+            cands = set(vals) | {"\x00other"}
+        total += max(sum(1 for op, v in tests if type(x) is type(v) and _TRUE[op](x, v))
+                     for x in cands)
+    return total
 
 
 def djb2(s: str) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 
 import durable_rules_engine as _dre
 
-from .compile import djb2
+from .compile import MAX_STACK, djb2, stack_bound
 from .errors import ScreenerError, short_repr
 
 ENGINE_VERSION = "durable_rules 2.0.28"
@@ -137,8 +137,28 @@ def _hash_distinct(names: list[str]) -> bool:
     return len({djb2(n) for n in all_names}) == len(set(all_names))
 
 
+def partition(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules split into parts that each stay within the engine's match stack (see
+    compile.MAX_STACK), keeping a criterion's rules together and in order. One part for every
+    trial whose tests cannot overflow it (both seed trials)."""
+    if stack_bound(list(definition.values())) <= MAX_STACK:
+        return [definition]
+    groups: dict[str, dict[str, Any]] = {}
+    for name, rule in definition.items():
+        groups.setdefault(name.rsplit("__", 1)[0], {})[name] = rule
+    parts: list[dict[str, Any]] = [{}]
+    for group in groups.values():
+        trial = {**parts[-1], **group}
+        if parts[-1] and stack_bound(list(trial.values())) > MAX_STACK:
+            parts.append(dict(group))   # compile refuses a criterion too wide on its own
+        else:
+            parts[-1] = trial
+    return parts
+
+
 class Ruleset:
-    """One registered durable_rules ruleset."""
+    """One trial's compiled rules on durable_rules: one registered ruleset, or several when
+    the trial could overflow the engine's match stack in one (`partition`)."""
 
     def __init__(self, name: str, definition: dict[str, Any]):
         self.name = f"{name}#{next(_counter)}"
@@ -150,23 +170,39 @@ class Ruleset:
         self._short = {p: f"f{i}" for i, p in enumerate(props)}
         if not _hash_distinct(list(self._short.values())):  # pragma: no cover - f-names differ
             self._short = {p: p for p in props}
-        self._prefix = {k: json.dumps(short) + ":" for k, short in self._short.items()}
-        full = {r: _rename(rule, self._short) for r, rule in definition.items()}
-        full[SENTINEL_RULE] = {"all": [{"m": {"$eq": {SENTINEL_FIELD: 1}}}]}
+        #: per part: (registered handle, prefix of the slot keys its rules test)
+        self._parts: list[tuple[int, dict[str, str]]] = []
+        self._closed = False
         with _lock:
             try:
-                self._handle = _dre.create_ruleset(self.name, json.dumps(full))
+                for i, part in enumerate(partition(definition)):
+                    used = {p for rule in part.values() for p in _properties(rule)}
+                    prefix = {k: json.dumps(short) + ":" for k, short in self._short.items()
+                              if k in used}
+                    full = {r: _rename(rule, self._short) for r, rule in part.items()}
+                    full[SENTINEL_RULE] = {"all": [{"m": {"$eq": {SENTINEL_FIELD: 1}}}]}
+                    part_name = self.name if i == 0 else f"{self.name}/{i}"
+                    self._parts.append((_dre.create_ruleset(part_name, json.dumps(full)),
+                                        prefix))
             except Exception as e:  # the binding raises plain Exception with a code
+                for handle, _ in self._parts:
+                    _dre.delete_ruleset(handle)
+                self._closed = True
                 raise EngineError(f"durable_rules refused ruleset {name!r}: {e}") from e
-        self._closed = False
+        self._handle, self._prefix = self._parts[0]
         self._next_id = 0
         self._in_session = 0
+
+    @property
+    def parts(self) -> int:
+        return len(self._parts)
 
     def close(self) -> None:
         with _lock:
             if not self._closed:
                 self._closed = True
-                _dre.delete_ruleset(self._handle)
+                for handle, _ in self._parts:
+                    _dre.delete_ruleset(handle)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -188,21 +224,22 @@ class Ruleset:
             index = self._next_id
             self._next_id += 1
             # refused values raise here, before the C library sees them; the session is intact
-            payload = "[" + _fact_json(fact, index, self._prefix) + "]"
-            handle = self._handle
+            payloads = ["[" + _fact_json(fact, index, prefix) + "]"
+                        for _, prefix in self._parts]
             clean = False
             try:
-                try:
-                    result = _dre.assert_facts(handle, payload)
-                except Exception as e:
-                    raise EngineError(f"durable_rules rejected the fact: {e}") from e
-                state_handle = result[1]
-                msg = _dre.start_action_for_state(handle, state_handle)
-                raw = msg[1] if msg else None
                 add, complete = out.add, _dre.complete_and_start_action
-                while raw:
-                    add(raw[2:raw.index('"', 2)])
-                    raw = complete(handle, state_handle)
+                for (handle, _), payload in zip(self._parts, payloads, strict=True):
+                    try:
+                        result = _dre.assert_facts(handle, payload)
+                    except Exception as e:
+                        raise EngineError(f"durable_rules rejected the fact: {e}") from e
+                    state_handle = result[1]
+                    msg = _dre.start_action_for_state(handle, state_handle)
+                    raw = msg[1] if msg else None
+                    while raw:
+                        add(raw[2:raw.index('"', 2)])
+                        raw = complete(handle, state_handle)
                 self._in_session += 1
                 clean = True
             finally:
@@ -230,7 +267,8 @@ class Ruleset:
 
     def _delete(self) -> None:
         self._in_session = 0
-        try:
-            _dre.delete_state(self._handle, _SID)
-        except Exception:
-            pass  # no state was created (e.g. the fact matched no rule)
+        for handle, _ in self._parts:
+            try:
+                _dre.delete_state(handle, _SID)
+            except Exception:
+                pass  # no state was created (e.g. the fact matched no rule)

@@ -154,7 +154,9 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
             v = "not_applicable"
         elif a == "unknown" and v not in plan.fav:
             v = "unknown"
-    if attested is None and (v != "unknown" or c.on_unknown is None):
+    # a missing-data policy never stands in for an attestation (lint refuses the pair too)
+    policy = c.on_unknown if not c.manual else None
+    if attested is None and (v != "unknown" or policy is None):
         # the usual case, written as one literal (same keys, same order as below)
         entry = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual,
                  "verdict": v, "favourable": v in plan.fav, "evidence": ev}
@@ -162,9 +164,9 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
         entry = {"id": c.id, "kind": c.kind, "text": c.text, "manual": c.manual}
         if attested is not None:
             entry["attested"] = attested
-        if v == "unknown" and c.on_unknown is not None:
-            entry["policy"] = {"verdict": c.on_unknown.verdict, "reason": c.on_unknown.reason}
-            v = c.on_unknown.verdict
+        if v == "unknown" and policy is not None:
+            entry["policy"] = {"verdict": policy.verdict, "reason": policy.reason}
+            v = policy.verdict
         entry["verdict"] = v
         entry["favourable"] = v in plan.fav
         entry["evidence"] = ev
@@ -172,7 +174,7 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
         missing = [{"element": el, "reason": why}
                    for el, why in sorted({(e["element"], e["missing"]) for e in ev
                                           if "missing" in e})]
-        if c.manual:
+        if c.manual and attested is None:
             missing.append({"element": "attestation", "reason": "needs attestation by the "
                             "investigator"})
         entry["missing"] = missing
@@ -198,7 +200,7 @@ def build(trial: Trial, ruleset_hash: str, fired: set[str],
             else:
                 against += 1
         if v == "unknown":
-            if c["manual"]:
+            if c["manual"] and "attested" not in c:
                 pending.append(c["id"])
             for m in c.get("missing", ()):
                 missing_set.add(m["element"])

@@ -56,6 +56,12 @@ def check_file(path: str) -> tuple[Trial | None, list[RuleError]]:
             compile_trial(trial)
         except RuleFileError as e:
             return None, list(e.errors)
+        # lint errors (a manual criterion with on_unknown, an applies_if that is never true,
+        # an exclusion always met, ...) make a trial that screens wrongly: it is not served
+        from .lint import lint_document
+        lint_errors = [e for e in lint_document(doc, trial) if e.severity == "error"]
+        if lint_errors:
+            return None, errors + lint_errors
     return trial, errors
 
 
