@@ -250,6 +250,14 @@ def _time_span(raw: str) -> tuple[int, int, bool]:
     return moment, moment, True
 
 
+def _on_or_before_in_utc(raw: Any, as_of: date) -> bool:
+    """A time with a zone whose local date is after as_of but whose instant falls on or before
+    as_of in UTC (a site east of UTC, screened on the UTC date: a CDS Hooks call): it is not
+    in the future, and ignoring it would let an older result decide."""
+    lo, _, zoned = time_span(raw)
+    return zoned and lo // _US_DAY <= as_of.toordinal()
+
+
 def may_be_as_new(hi: int, zoned: bool, than_lo: int, than_zoned: bool) -> bool:
     """Whether a result whose span ends at `hi` may be as recent as one whose span starts at
     `than_lo`. Two local times share their (unknown) zone, so they compare on the clock: the
@@ -544,7 +552,7 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     raw_date = get("date")
     day, complete = parse_date(raw_date)
     stamp = str(raw_date).strip() if day is not None else ""
-    if day is not None and day > prep.as_of:
+    if day is not None and day > prep.as_of and not _on_or_before_in_utc(raw_date, prep.as_of):
         prep.issue(f"{loc}.date", "after_as_of",
                    f"dated {day}, after as_of {prep.as_of}: not used", name)
         return

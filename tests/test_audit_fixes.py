@@ -366,3 +366,17 @@ def test_second_audit_cases(screener: Screener, name: str) -> None:
     patient, criterion, expected = SECOND_AUDIT[name]
     v = verdict(screener, patient, criterion)
     assert v["verdict"] == expected, v
+
+
+def test_a_zoned_result_on_the_utc_as_of_date_is_not_in_the_future(screener: Screener) -> None:
+    """01:00 on 11-23 at UTC+10 is 15:00 on 11-22 UTC: with as_of the UTC date (CDS Hooks), the
+    newest result must not be ignored as 'after as_of' and an older one decide."""
+    obs = [{"element": "marrow_blasts_pct", "value": 3, "unit": "%", "date": "2026-11-10"},
+           {"element": "marrow_blasts_pct", "value": 35, "unit": "%",
+            "date": "2026-11-23T01:00+10:00"}]
+    v = verdict(screener, {"observations": obs}, "exc_leukemia_burden", T2)
+    assert v["verdict"] == "met", v
+    # a local date after as_of, or an instant after it, is still in the future
+    obs[1]["date"] = "2026-11-23T11:00+10:00"
+    assert verdict(screener, {"observations": obs}, "exc_leukemia_burden", T2)["verdict"] == \
+        "not_met"
