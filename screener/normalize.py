@@ -891,12 +891,7 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
         prep.suspect.setdefault(name, []).append(f"{loc} records {name} among the conditions")
         return
     source = _source(item.get("source"), loc)
-    odd = _odd_keys(item, _CONDITION_KEYS)
-    if odd:
-        prep.issue(loc, "unknown_field", f"unknown field(s) {', '.join(map(short_repr, odd))} "
-                   "in a condition record: record not used", name)
-        prep.suspect.setdefault(name, []).append(
-            f"{loc} has field(s) {', '.join(map(short_repr, odd))} that may change its meaning")
+    if _refused_for_odd_keys(prep, item, _CONDITION_KEYS, loc, name, "condition"):
         return
     present = item.get("present")
     if present is False:
@@ -967,6 +962,22 @@ _EXPOSURE_KEYS = frozenset({"element", "code", "codes", "days", "start", "end", 
                             "display", "text", "note", "id"})
 
 
+def _refused_for_odd_keys(prep: Prepared, item: Mapping[str, Any], known: frozenset[str],
+                          loc: str, name: str, what: str) -> bool:
+    """True (with an issue, the element suspect) when the record has fields that look like
+    known ones written differently: it is not used, and what it may say is not absent."""
+    odd = _odd_keys(item, known)
+    if not odd:
+        return False
+    shown = ", ".join(map(short_repr, odd))
+    article = "an" if what[0] in "aeiou" else "a"
+    prep.issue(loc, "unknown_field", f"unknown field(s) {shown} in {article} {what} record: "
+               "record not used", name)
+    prep.suspect.setdefault(name, []).append(f"{loc} has field(s) {shown} that may change its "
+                                             "meaning")
+    return True
+
+
 def _odd_keys(item: Mapping[str, Any], known: frozenset[str]) -> list[str]:
     """Keys of an entry that look like a known field written differently ("Present", "Status",
     "onset_date"): the field they mean is then read as absent, which could change what the
@@ -1022,12 +1033,7 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
             prep.issue(loc, "wrong_section", f"{name!r} is not an exposure", name)
             prep.suspect.setdefault(name, []).append(f"{loc} records {name} among the exposures")
         return
-    odd = _odd_keys(item, _EXPOSURE_KEYS)
-    if odd:
-        prep.issue(loc, "unknown_field", f"unknown field(s) {', '.join(map(short_repr, odd))} "
-                   "in an exposure record: record not used", name)
-        prep.suspect.setdefault(name, []).append(
-            f"{loc} has field(s) {', '.join(map(short_repr, odd))} that may change its meaning")
+    if _refused_for_odd_keys(prep, item, _EXPOSURE_KEYS, loc, name, "exposure"):
         return
     source = _source(item.get("source"), loc)
     start, later = _event_day(prep, item, "start", loc, name)
