@@ -11,7 +11,14 @@ Decisions:
   is one card saying what is missing (a 412 would be allowed by the spec, but EHRs typically
   show nothing for an error, and then nobody learns that the integration is misconfigured).
   A prefetch key that is absent, null or an OperationOutcome (the EHR could not fetch it) is
-  screened as missing data and named in the card.
+  screened as missing data and named in the card. A search result that is visibly incomplete
+  (a `next` page link, a `total` above the matches sent, an OperationOutcome entry) is named in
+  the card too; the adapter makes the observations and exposure days read from it unusable,
+  since a newer result may be on a page that was not sent.
+* **The patient in context is the screened patient.** The `patient` prefetch must have the id
+  of `context.patientId` (else a `critical` card and nothing is screened), and the adapter is
+  told to screen that Patient: any other Patient in the prefetch (an `_include`, a misrouted
+  entry) is ignored, and so is every resource whose subject is another Patient.
 * **as_of** is today's date in UTC, taken here at the edge (the core never reads the clock) and
   shown in every card and in its `extension`.
 * **Indicator:** `info` for eligible and ineligible (information, no action forced),
@@ -30,6 +37,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from screener.adapters.fhir import searchset_incomplete
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
 from screener.report import describe, dumps_bytes, printable
@@ -117,7 +125,7 @@ def _fit(head: str, items: list[str], tail: str, limit: int = MAX_SUMMARY) -> st
         more = len(items) - k
         inner = ", ".join(shown) + (f" +{more} more" if more and shown else
                                     (f"{more} items" if more else ""))
-        s = f"{head} ({inner}{tail})" if inner else head
+        s = f"{head} ({inner}{tail})" if inner or tail else head
         if len(s) <= limit:
             return s
     return head[:limit]
@@ -129,9 +137,10 @@ def summary(report: dict[str, Any]) -> str:
     if status == "eligible":
         return _fit(f"{tid}: likely eligible, every criterion met or attested", [], "")
     if status == "ineligible":
-        failing = [c["id"] for c in report["criteria"]
-                   if not c["favourable"] and c["verdict"] != "unknown"]
-        return _fit(f"{tid}: not eligible", failing, " not met")
+        # what decided it: an inclusion that is not met, an exclusion that is met
+        failing = [f"{c['id']} {_VERDICT[c['verdict']]}" for c in report["criteria"]
+                   if not c["favourable"] and c["verdict"] in ("met", "not_met")]
+        return _fit(f"{tid}: not eligible", failing, "")
     missing = [_short(m) for m in report["missing_data"]]
     pending = len(report["pending_attestations"])
     head = f"{tid}: needs review, {report['unresolved']} unresolved"
@@ -168,7 +177,8 @@ _VERDICT = {"met": "met", "not_met": "not met", "unknown": "**unknown**",
             "not_applicable": "n/a"}
 
 
-def detail(report: dict[str, Any], not_prefetched: list[str]) -> str:
+def detail(report: dict[str, Any], not_prefetched: list[str],
+           incomplete: dict[str, str] | None = None, notes: list[str] | None = None) -> str:
     t = report["trial"]
     n = report["counts"]
     lines = [
@@ -195,6 +205,11 @@ def detail(report: dict[str, Any], not_prefetched: list[str]) -> str:
                      + ".")
     if not_prefetched:
         lines.append("**Not prefetched by the EHR:** " + ", ".join(not_prefetched) + ".")
+    if incomplete:
+        lines.append("**Incomplete prefetch (data may be missing; newer results may exist):** "
+                     + "; ".join(f"{k} ({_cell(v, 80)})" for k, v in sorted(incomplete.items()))
+                     + ".")
+    lines += notes or []
     if report["data_issues_total"]:
         lines.append(f"**Data issues:** {report['data_issues_total']} (in the full report).")
     lines += ["", f"Ruleset `{t['ruleset_hash']}`, input `{report['input_hash']}`, "
@@ -207,7 +222,8 @@ def _card(summary_: str, indicator: str, detail_: str, **extra: Any) -> dict[str
             "detail": detail_, "source": {"label": SOURCE_LABEL}, **extra}
 
 
-def report_card(report: dict[str, Any], link: str | None, not_prefetched: list[str]
+def report_card(report: dict[str, Any], link: str | None, not_prefetched: list[str],
+                incomplete: dict[str, str] | None = None, notes: list[str] | None = None
                 ) -> dict[str, Any]:
     extra: dict[str, Any] = {
         "extension": {"screener": {
@@ -219,7 +235,10 @@ def report_card(report: dict[str, Any], link: str | None, not_prefetched: list[s
         extra["links"] = [{"label": f"Full screening report ({report['trial']['id']})",
                            "url": link, "type": "absolute"}]
     indicator = "warning" if report["status"] == "needs_review" else "info"
-    return _card(summary(report), indicator, detail(report, not_prefetched), **extra)
+    if incomplete:
+        extra["extension"]["screener"]["incomplete_prefetch"] = sorted(incomplete)
+    return _card(summary(report), indicator,
+                 detail(report, not_prefetched, incomplete, notes), **extra)
 
 
 # ---- the service ----------------------------------------------------------------------------
@@ -230,6 +249,10 @@ def _is_outcome(v: Any) -> bool:
 
 def _patient_ref(v: str) -> str:
     return v.split("/")[-1] if v.startswith("Patient/") else v
+
+
+#: adapter issues that mean data about someone else was in the prefetch (and was left out)
+_FOREIGN = ("fhir.extra_patient", "fhir.other_patient", "fhir.unresolved_subject")
 
 
 def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> dict[str, Any]:
@@ -259,17 +282,28 @@ def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> di
     not_prefetched = sorted(k for k in expected
                             if k != "patient" and (prefetch.get(k) is None
                                                    or _is_outcome(prefetch.get(k))))
-    resources: Iterable[Any] = [v for k, v in sorted(prefetch.items())
-                                if v is not None and not _is_outcome(v)]
+    incomplete = {k: why for k, v in sorted(prefetch.items())
+                  if (why := searchset_incomplete(v)) is not None}
+    # the verified Patient first, and named: the adapter screens it and no other Patient
+    resources: Iterable[Any] = [patient] + [v for k, v in sorted(prefetch.items())
+                                            if k != "patient" and v is not None
+                                            and not _is_outcome(v)]
     t0 = time.perf_counter()
-    canon = from_resources(list(resources))
+    canon = from_resources(list(resources), context_id)
+    if canon.patient.get("id") != context_id:  # pragma: no cover - the adapter guarantees it
+        return {"cards": [_card(
+            "Screened data is not the patient in context; nothing was screened", "critical",
+            "The FHIR adapter did not select the Patient of `context.patientId`.")]}
     reports = screen_all_reports(ctx, canon, today, None)
     record_decisions(ctx, reports, "cds-hooks", canon.format, time.perf_counter() - t0)
+    notes = (["**Data about another patient in the prefetch was ignored** (the full report "
+              "lists it)."] if any(i.get("code") in _FOREIGN for i in canon.issues) else [])
     cards = []
     for r in reports:
         full = dict(r)
         if canon.issues:
             full["adapter_issues"] = canon.issues
         token = store.put(dumps_bytes(full))
-        cards.append(report_card(r, f"{base_url}/reports/{token}", not_prefetched))
+        cards.append(report_card(r, f"{base_url}/reports/{token}", not_prefetched,
+                                 incomplete, notes))
     return {"cards": cards}

@@ -35,7 +35,28 @@ def _iso_date(v: Any) -> Any:
 
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 AttestationValue = Literal["met", "not_met", True]
-Attestations = dict[str, AttestationValue] | list[str]
+
+
+class _NotAnAttestation:
+    """Stands in for a value that must fail `AttestationValue` whatever pydantic's lax mode
+    says; its error is the Literal's own (type, location and message unchanged)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _strict_attestations(v: Any) -> Any:
+    # pydantic's Literal[True] is lax: it takes 1 and 1.0 as True. An attestation is a
+    # deliberate statement, so only the JSON literal true (or "met" / "not_met") counts.
+    if isinstance(v, dict):
+        return {k: x if x is True or isinstance(x, str) else _NotAnAttestation(x)
+                for k, x in v.items()}
+    return v
+Attestations = Annotated[dict[str, AttestationValue] | list[str],
+                         BeforeValidator(_strict_attestations)]
 
 EXAMPLE_PATIENT: dict[str, Any] = {
     "id": "pt-001",

@@ -171,9 +171,10 @@ def to_canonical(patient: Mapping[str, Any] | None, fhir: Any) -> Canonical:
     return Canonical(doc, list(issues), "fhir", ("body", "fhir"))
 
 
-def from_resources(resources: list[Any]) -> Canonical:
+def from_resources(resources: list[Any], patient_id: str | None = None) -> Canonical:
+    """A CDS Hooks prefetch; `patient_id`: the verified patient in context, the one screened."""
     from screener.adapters.fhir import resources_to_patient
-    doc, issues = resources_to_patient(resources)
+    doc, issues = resources_to_patient(resources, patient_id)
     return Canonical(doc, list(issues), "fhir", ("body", "prefetch"))
 
 

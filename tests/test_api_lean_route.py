@@ -51,6 +51,11 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
         (_body({**GOOD, "attestations": {"NCT06930105": ["inc_diagnostic_workup"]}}), JSON_CT),
         (_body({**GOOD, "attestations": {"no_such": "met"}}), JSON_CT),
         (_body({**GOOD, "attestations": 7}), JSON_CT),
+        # pydantic's lax Literal[True] took 1 / 1.0 as true: refused, on both paths alike
+        (_body({**GOOD, "attestations": {"inc_consent": 1}}), JSON_CT),
+        (_body({**GOOD, "attestations": {"inc_consent": 1.0}}), JSON_CT),
+        (_body({**GOOD, "attestations": {"NCT06930105": {"inc_consent": 1.0}}}), JSON_CT),
+        (_body({**GOOD, "attestations": {"inc_consent": True}}), JSON_CT),
         (b"", JSON_CT),
         (b"", {}),
         (_body(GOOD), {}),                                    # no content type

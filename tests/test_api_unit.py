@@ -177,6 +177,24 @@ def test_screen_attestation_list_and_true(client: TestClient) -> None:
     assert crit["attested"] == "met"
 
 
+@pytest.mark.parametrize("value", [1, 1.0, 0, "true", None, [True]])
+def test_attestation_must_be_met_not_met_or_json_true(client: TestClient, value: Any) -> None:
+    # pydantic's lax Literal[True] took 1 and 1.0 for true: a number is no attestation
+    r = screen(client, {"patient": PATIENT, "as_of": AS_OF,
+                        "attestations": {"inc_diagnostic_workup": value}})
+    assert r.status_code == 422, r.text
+    recs = r.json()["detail"]
+    assert all(set(x) == {"type", "loc", "msg"} for x in recs)
+    assert any(x["loc"][:2] == ["body", "attestations"] and x["loc"][-1] ==
+               "inc_diagnostic_workup" and x["type"] == "literal_error" for x in recs), recs
+    r = client.post("/screen", headers=AUTH, json={
+        "patient": PATIENT, "as_of": AS_OF,
+        "attestations": {TRIAL: {"inc_diagnostic_workup": value}}})
+    assert r.status_code == 422, r.text
+    assert any(x["loc"][:3] == ["body", "attestations", TRIAL]
+               and x["loc"][-1] == "inc_diagnostic_workup" for x in r.json()["detail"])
+
+
 def test_screen_all_ranked_with_per_trial_attestations(client: TestClient) -> None:
     r = client.post("/screen", headers=AUTH, json={
         "patient": PATIENT, "as_of": AS_OF,
@@ -408,6 +426,126 @@ def test_cds_summaries_fit() -> None:
     rep["missing_data"] = ["ecog", "lvef"]
     assert summary(rep) == ("NCT06930105: needs review, 31 unresolved "
                             "(ECOG, LVEF missing; 2 to attest)")
+    # only attestations pending: they are still counted
+    rep["missing_data"], rep["unresolved"] = [], 2
+    assert summary(rep) == "NCT06930105: needs review, 2 unresolved (2 to attest)"
+    rep["pending_attestations"] = []
+    assert summary(rep) == "NCT06930105: needs review, 2 unresolved"
+
+
+def _crit(cid: str, kind: str, verdict: str, favourable: bool) -> dict[str, Any]:
+    return {"id": cid, "kind": kind, "verdict": verdict, "favourable": favourable}
+
+
+def test_cds_ineligible_summary_says_what_decided() -> None:
+    # an inclusion against the patient is "not met", an exclusion against the patient is "met"
+    from api.cds_hooks import summary
+    rep: dict[str, Any] = {"trial": {"id": "NCT06111625"}, "status": "ineligible", "criteria": [
+        _crit("inc_age", "inclusion", "met", True),
+        _crit("inc_diagnosis", "inclusion", "not_met", False),
+        _crit("exc_leukemia_burden", "exclusion", "met", False),
+        _crit("exc_cns", "exclusion", "not_met", True),
+        _crit("exc_x", "exclusion", "unknown", False)]}
+    assert summary(rep) == ("NCT06111625: not eligible "
+                            "(inc_diagnosis not met, exc_leukemia_burden met)")
+    rep["criteria"] = [_crit(f"exc_long_criterion_name_{i}", "exclusion", "met", False)
+                       for i in range(20)]
+    s = summary(rep)
+    assert len(s) < 140 and "more" in s and "not met" not in s
+
+
+def test_cds_card_for_met_exclusion(client: TestClient) -> None:
+    pre = {"patient": {"resourceType": "Patient", "id": "p1", "gender": "male",
+                       "birthDate": "1985-03-14"},
+           "observations": {"resourceType": "Bundle", "type": "searchset", "entry": [
+               {"resource": _obs("11150-0", 35, "%")}]},
+           "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [
+               {"resource": _cond("p1")}]}}
+    cards = client.post("/cds-services/trial-screening", headers=AUTH,
+                        json=_hook(pre)).json()["cards"]
+    (card,) = [c for c in cards if c["extension"]["screener"]["trial"] == "NCT06111625"]
+    assert card["summary"] == "NCT06111625: not eligible (exc_leukemia_burden met)"
+
+
+def _obs(code: str, value: float, unit: str, subject: str = "Patient/p1",
+         date_: str = "2026-11-15") -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "effectiveDateTime": date_, "valueQuantity": {"value": value, "unit": unit}}
+
+
+def _cond(patient: str) -> dict[str, Any]:
+    return {"resourceType": "Condition", "id": f"c-{patient}",
+            "subject": {"reference": f"Patient/{patient}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "277571004"}]},
+            "onsetDateTime": "2026-10-01", "clinicalStatus": {"coding": [{"code": "active"}]},
+            "verificationStatus": {"coding": [{"code": "confirmed"}]}}
+
+
+def _report_of(client: TestClient, card: dict[str, Any]) -> dict[str, Any]:
+    token = card["links"][0]["url"].rsplit("/", 1)[1]
+    rep: dict[str, Any] = client.get(f"/reports/{token}").json()
+    return rep
+
+
+def test_cds_screens_the_patient_in_context_not_an_included_one(client: TestClient) -> None:
+    # the conditions searchset carries another Patient (an _include, a misrouted entry) before
+    # its resources: the verified patient in context is screened, p2 and its data are dropped
+    pre = {"patient": {"resourceType": "Patient", "id": "p1", "gender": "male",
+                       "birthDate": "1985-03-14"},
+           "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [
+               {"resource": {"resourceType": "Patient", "id": "p2", "gender": "female",
+                             "birthDate": "1950-01-01"}},
+               {"resource": _cond("p2")}]},
+           "observations": {"resourceType": "Bundle", "type": "searchset", "entry": [
+               {"resource": _obs("11150-0", 3, "%")}]}}
+    cards = client.post("/cds-services/trial-screening", headers=AUTH,
+                        json=_hook(pre)).json()["cards"]
+    assert cards
+    for card in cards:
+        rep = _report_of(client, card)
+        assert rep["patient_id"] == "p1", card["summary"]
+        age = next(c for c in rep["criteria"] if c["id"] == "inc_age")
+        assert age["verdict"] == "met" and "76" not in json.dumps(age)  # p1 is 41, not 76
+        codes = {i["code"] for i in rep["adapter_issues"]}
+        assert {"fhir.extra_patient", "fhir.other_patient"} <= codes
+        diag = [c for c in rep["criteria"] if c["id"] == "inc_diagnosis"]
+        assert all(c["verdict"] == "unknown" for c in diag)  # p2's leukaemia is not p1's
+        assert "another patient in the prefetch was ignored" in card["detail"]
+
+
+def test_cds_names_an_incomplete_searchset(client: TestClient) -> None:
+    # page 1 of a paged search (next link, total 120, a truncation warning): named in the card,
+    # and its newest blast count must not decide (a newer one may be on page 2)
+    obs = {"resourceType": "Bundle", "type": "searchset", "total": 120,
+           "link": [{"relation": "next", "url": "https://ehr.example/fhir/Observation?p=2"}],
+           "entry": [{"resource": _obs("11150-0", 3, "%")},
+                     {"resource": {"resourceType": "OperationOutcome", "issue": [
+                         {"severity": "warning", "code": "too-costly"}]},
+                      "search": {"mode": "outcome"}}]}
+    pre = {"patient": {"resourceType": "Patient", "id": "p1", "gender": "male",
+                       "birthDate": "1985-03-14"},
+           "observations": obs,
+           "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [
+               {"resource": _cond("p1")}]}}
+    cards = client.post("/cds-services/trial-screening", headers=AUTH,
+                        json=_hook(pre)).json()["cards"]
+    assert cards
+    for card in cards:
+        assert "Incomplete prefetch" in card["detail"] and "observations (" in card["detail"]
+        assert card["extension"]["screener"]["incomplete_prefetch"] == ["observations"]
+        rep = _report_of(client, card)
+        assert "fhir.incomplete_searchset" in {i["code"] for i in rep["adapter_issues"]}
+        for c in rep["criteria"]:
+            if c["id"] == "exc_leukemia_burden":
+                assert c["verdict"] == "unknown"
+    # a complete searchset is not named
+    pre["observations"] = {**obs, "total": 1, "link": [],
+                           "entry": obs["entry"][:1]}
+    for card in client.post("/cds-services/trial-screening", headers=AUTH,
+                            json=_hook(pre)).json()["cards"]:
+        assert "Incomplete prefetch" not in card["detail"]
+        assert "incomplete_prefetch" not in card["extension"]["screener"]
 
 
 # ---- reload ---------------------------------------------------------------------------------

@@ -625,3 +625,133 @@ def test_issues_are_listed_up_to_a_bound_and_the_rest_counted() -> None:
     assert len(issues) == MAX_ISSUES + 1
     assert issues[-1] == {"loc": "$", "code": "fhir.more_issues",
                           "msg": "50 more issues not listed"}
+
+
+# --- resources about another patient; incomplete search results ------------------------------
+
+P1 = {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1985-03-14"}
+
+
+def _about(subject: str | None, code: str = "1742-6", oid: str = "o") -> dict[str, Any]:
+    extra: dict[str, Any] = {"id": oid, "valueQuantity": {"value": 50, "unit": "U/L"}}
+    if subject is not None:
+        extra["subject"] = {"reference": subject}
+    return obs(code, **extra)
+
+
+@pytest.mark.parametrize("subject", [
+    "Patient/p2", "https://ehr.example/fhir/Patient/p2", "Patient/p2/_history/4",
+    "https://ehr.example/fhir/Patient/p2/_history/1"])
+def test_resource_naming_another_patient_id_is_dropped(subject: str) -> None:
+    # p2 is not in the input: its id alone says the resource is not about the screened p1
+    p, issues = bundle_to_patient(bundle(P1, _about(subject)))
+    assert p["id"] == "p1" and p["observations"] == []
+    assert codes_of(issues) == ["fhir.other_patient"]
+
+
+@pytest.mark.parametrize("subject", [
+    None, "Patient/p1", "https://other.example/fhir/Patient/p1/_history/2"])
+def test_resource_about_the_screened_patient_or_without_subject_is_kept(
+        subject: str | None) -> None:
+    p, issues = bundle_to_patient(bundle(P1, _about(subject)))
+    assert [o["element"] for o in p["observations"]] == ["alt"] and issues == []
+
+
+def test_urn_references_resolve_to_the_screened_patient_or_are_dropped() -> None:
+    doc = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:aaa", "resource": P1},
+        {"fullUrl": "urn:uuid:o1", "resource": _about("urn:uuid:aaa", oid="o1")},
+        {"fullUrl": "urn:uuid:o2", "resource": _about("urn:uuid:zzz", "1920-8", oid="o2")}]}
+    p, issues = bundle_to_patient(doc)
+    assert [o["element"] for o in p["observations"]] == ["alt"]
+    assert codes_of(issues) == ["fhir.unresolved_subject"]
+    # without an id or fullUrl on the Patient nothing can be compared: kept as before
+    anon = {"resourceType": "Patient", "gender": "male"}
+    p, issues = bundle_to_patient(bundle(anon, _about("Patient/p2")))
+    assert len(p["observations"]) == 1
+
+
+def test_contained_result_goes_with_its_report_subject() -> None:
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "final",
+              "subject": {"reference": "Patient/p2"}, "effectiveDateTime": "2026-11-01",
+              "contained": [obs("1742-6", id="c", valueQuantity={"value": 50, "unit": "U/L"})]}
+    p, issues = bundle_to_patient(bundle(P1, report))
+    assert p["observations"] == [] and "fhir.other_patient" in codes_of(issues)
+
+
+def test_patient_id_names_the_screened_patient() -> None:
+    # a prefetch whose search bundle holds another Patient before the verified one
+    p2 = {**P1, "id": "p2", "birthDate": "1950-01-01", "gender": "female"}
+    searchset = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": p2}, {"resource": _about("Patient/p2", oid="a")},
+        {"resource": _about("Patient/p1", "1920-8", oid="b")}]}
+    p, issues = resources_to_patient([searchset, P1], "p1")
+    assert (p["id"], p["birth_date"], p["sex"]) == ("p1", "1985-03-14", "male")
+    assert [o["element"] for o in p["observations"]] == ["ast"]
+    assert {"fhir.extra_patient", "fhir.other_patient"} <= set(codes_of(issues))
+    # without it the first Patient is screened, as before
+    assert resources_to_patient([searchset, P1])[0]["id"] == "p2"
+    # the named Patient is absent: nobody's demographics, nobody else's data
+    p, issues = resources_to_patient([searchset], "p1")
+    assert "id" not in p and "birth_date" not in p
+    assert [o["element"] for o in p["observations"]] == ["ast"]
+    assert "fhir.no_patient" in codes_of(issues)
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if "synthea" in str(p)] or [None],
+                         ids=[p.name for p in FILES if "synthea" in str(p)] or ["absent"])
+def test_synthea_urn_references_resolve_to_their_patient(path: Path | None) -> None:
+    if path is None:
+        pytest.skip(f"shared FHIR examples not found at {EXAMPLES}")
+    p, issues = bundle_to_patient(_load(path))
+    assert p["observations"] or p["conditions"]
+    assert not {"fhir.other_patient", "fhir.unresolved_subject"} & set(codes_of(issues))
+
+
+def _searchset(*resources: Any, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources], **extra}
+
+
+@pytest.mark.parametrize("extra, why", [
+    ({"link": [{"relation": "next", "url": "https://ehr.example/fhir/Observation?p=2"}]},
+     "next-page link"),
+    ({"total": 3}, "total 3 but 1 sent"),
+    ({"entry_outcome": True}, "OperationOutcome entry"),
+])
+def test_incomplete_searchset_makes_its_results_unusable(extra: dict[str, Any],
+                                                         why: str) -> None:
+    from screener.adapters.fhir import searchset_incomplete
+    doc = _searchset(_about("Patient/p1"), **{k: v for k, v in extra.items()
+                                              if k != "entry_outcome"})
+    if extra.get("entry_outcome"):
+        doc["entry"].append({"resource": {"resourceType": "OperationOutcome", "issue": []},
+                             "search": {"mode": "outcome"}})
+    assert why in (searchset_incomplete(doc) or "")
+    p, issues = resources_to_patient([P1, doc], "p1")
+    # the result sent, and next to it an unusable one of the same element and date: a newer
+    # result may be on a page not sent, so the one sent must not decide
+    assert [(o["element"], o["date"]) for o in p["observations"]] == [("alt", "2026-11-01")] * 2
+    assert str(p["observations"][1]["value"]).startswith("unreadable: search result incomplete")
+    assert "fhir.incomplete_searchset" in codes_of(issues)
+
+
+def test_complete_searchset_is_read_as_it_is() -> None:
+    from screener.adapters.fhir import searchset_incomplete
+    doc = _searchset(_about("Patient/p1"), total=1,
+                     link=[{"relation": "self", "url": "https://ehr.example/fhir/Observation"}])
+    doc["entry"].append({"resource": P1, "search": {"mode": "include"}})
+    assert searchset_incomplete(doc) is None
+    p, issues = resources_to_patient([doc])
+    assert len(p["observations"]) == 1 and issues == []
+
+
+def test_incomplete_medication_search_makes_the_days_unknown() -> None:
+    given = {"resourceType": "MedicationAdministration", "id": "m1", "status": "completed",
+             "subject": {"reference": "Patient/p1"},
+             "medicationCodeableConcept": {"text": "blinatumomab"},
+             "effectivePeriod": {"start": "2026-11-01", "end": "2026-11-07"}}
+    doc = _searchset(given, link=[{"relation": "next", "url": "x?page=2"}])
+    p, _ = resources_to_patient([P1, doc], "p1")
+    assert p["exposures"][0]["start"] == "2026-11-01"
+    assert len(p["exposures"]) == 2 and set(p["exposures"][1]) == {"element", "source"}

@@ -342,3 +342,47 @@ def test_contained_results_go_with_their_report_version(screener: Screener) -> N
     p, _ = bundle_to_patient(doc)
     assert [o["value"] for o in p["observations"] if o["element"] == "hbsag"] == ["negative"]
     assert verdict(screener, doc, "exc_hbv") == "not_met"
+
+
+# --- another patient's data; incomplete search results ---------------------------------------
+
+BLASTS_HIGH = obs("11150-0", "2026-11-15", valueQuantity=pct(35))
+B_ALL = {"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+         "code": {"coding": [{"system": SNOMED, "code": "277571004"}]},
+         "onsetDateTime": "2026-10-01", "clinicalStatus": {"coding": [{"code": "active"}]},
+         "verificationStatus": {"coding": [{"code": "confirmed"}]}}
+
+
+def test_another_patients_result_never_decides(screener: Screener) -> None:
+    # the result's subject is p2, who is not in the bundle: not the screened p1's blast count
+    other = {**BLASTS_HIGH, "subject": {"reference": "Patient/p2"}}
+    assert verdict(screener, bundle(B_ALL, BLASTS_HIGH), "exc_leukemia_burden",
+                   "NCT06111625") == "met"
+    assert verdict(screener, bundle(B_ALL, other), "exc_leukemia_burden",
+                   "NCT06111625") == "unknown"
+    cond = {**B_ALL, "subject": {"reference": "https://ehr.example/fhir/Patient/p2"}}
+    assert verdict(screener, bundle(cond), "inc_diagnosis", "NCT06111625") == "unknown"
+
+
+def test_newest_result_of_an_incomplete_search_does_not_decide(screener: Screener) -> None:
+    low = obs("11150-0", "2026-11-15", valueQuantity=pct(3))
+    page = bundle(low, kind="searchset", patient=None)
+    assert verdict(screener, [PATIENT, B_ALL, page], "exc_leukemia_burden",
+                   "NCT06111625") == "not_met"
+    page["link"] = [{"relation": "next", "url": "https://ehr.example/fhir/Observation?p=2"}]
+    assert verdict(screener, [PATIENT, B_ALL, page], "exc_leukemia_burden",
+                   "NCT06111625") == "unknown"
+
+
+def test_blinatumomab_days_of_an_incomplete_search_are_unknown(screener: Screener) -> None:
+    given = {"resourceType": "MedicationAdministration", "status": "completed",
+             "subject": {"reference": "Patient/p1"},
+             "medicationCodeableConcept": {"text": "blinatumomab"},
+             "effectivePeriod": {"start": "2026-11-01", "end": "2026-11-07"}}
+    page = {"resourceType": "Bundle", "type": "searchset", "total": 4,
+            "entry": [{"resource": given}]}
+    assert verdict(screener, [PATIENT, page], "exc_blinatumomab_days",
+                   "NCT06111625") == "unknown"
+    page["total"] = 1
+    assert verdict(screener, [PATIENT, page], "exc_blinatumomab_days",
+                   "NCT06111625") == "not_met"  # 7 days, all of them sent

@@ -38,6 +38,11 @@ Decisions worth knowing (also in docs/data-elements.md):
   as unusable (Observation status "unknown", Condition "unconfirmed", exposure without dates).
   Same-id Patients that disagree on birthDate or gender leave that field out. Results listed by
   an entered-in-error / cancelled DiagnosticReport or panel get status "unknown".
+- The screened patient: the first Patient, or the one named by the caller (CDS Hooks: the
+  verified patient in context). A resource whose subject is another Patient id (present or not)
+  or an unresolved ``urn:`` reference is dropped with an issue.
+- A visibly incomplete search result (next page, total above the matches, OperationOutcome):
+  its observations and blinatumomab days are made unusable, since newer ones may not be sent.
 - Pregnancy: an active pregnancy Condition is `pregnant` = true at its onset; a negative hCG
   test is `pregnant` = false, a positive one an unusable pregnancy status (not ruled out).
 - Plain dict access on purpose: FHIR model libraries are 10-1000x slower and reject the very
@@ -69,7 +74,7 @@ from screener.elements import (
 )
 from screener.errors import cut, short_repr
 
-__all__ = ["bundle_to_patient", "resources_to_patient"]
+__all__ = ["bundle_to_patient", "resources_to_patient", "searchset_incomplete"]
 
 Issue = dict[str, str]
 JsonDict = dict[str, Any]
@@ -293,6 +298,8 @@ class _Res:
     container: str | None = None
     #: that report, whose subject a contained Observation (which rarely has its own) shares
     parent: JsonDict | None = None
+    #: loc of the visibly incomplete searchset Bundle (more pages, ...) it was found in
+    partial: str | None = None
 
 
 @dataclass
@@ -312,6 +319,8 @@ class _Run:
     #: the screened Patient's sex and birth date (reference range applicability)
     sex: str | None = None
     birth: str | None = None
+    #: why each visibly incomplete searchset (by loc) is incomplete
+    partial: dict[str, str] = field(default_factory=dict)
 
     def issue(self, loc: str, code: str, msg: str) -> None:
         self.issues.append({"loc": loc, "code": code, "msg": msg})
@@ -450,8 +459,37 @@ def _source(r: _Res) -> str:
 
 # --- walking the input ---------------------------------------------------------------------------
 
+def searchset_incomplete(doc: object) -> str | None:
+    """Why a Bundle is visibly not the whole search result, or None: a `next` page link (any
+    Bundle type), or, in a searchset, a `total` above the matches sent or an OperationOutcome
+    entry (the server reporting a truncated or partly failed search)."""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        return None
+    why: list[str] = []
+    links = doc.get("link")
+    if isinstance(links, list) and any(isinstance(k, dict) and k.get("relation") == "next"
+                                       for k in links):
+        why.append("a next-page link")
+    if doc.get("type") == "searchset":
+        entries = doc.get("entry")
+        entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        resources = [e.get("resource") for e in entries]
+        outcome = sum(isinstance(r, dict) and r.get("resourceType") == "OperationOutcome"
+                      for r in resources)
+        matches = sum(isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"
+                      and not (isinstance(e.get("search"), dict)
+                               and e["search"].get("mode") in ("include", "outcome"))
+                      for e, r in zip(entries, resources, strict=True))
+        total = doc.get("total")
+        if isinstance(total, int) and not isinstance(total, bool) and total > matches:
+            why.append(f"total {total} but {matches} sent")
+        if outcome:
+            why.append("an OperationOutcome entry")
+    return ", ".join(why) or None
+
+
 def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
-             out: list[_Res]) -> None:
+             out: list[_Res], partial: str | None = None) -> None:
     if depth > _MAX_DEPTH:
         run.issue(loc, "fhir.too_deep", f"bundles nested deeper than {_MAX_DEPTH}; ignored")
         return
@@ -471,6 +509,15 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
             run.issue(f"{prefix}entry", "fhir.malformed",
                       f"Bundle.entry should be an array, got {_tname(entries)}; ignored")
             return
+        why = searchset_incomplete(doc)
+        if why is not None:
+            # More results exist than were sent: a newer result of an element seen here may be
+            # among them, so those elements are made unusable in _build (_partial_markers).
+            run.partial[loc] = why
+            run.issue(loc, "fhir.incomplete_searchset",
+                      f"search result incomplete ({why}): results not sent may be newer, so "
+                      "the observations and blinatumomab days read from it are unusable")
+            partial = loc
         for i, e in enumerate(entries):
             eloc = f"{prefix}entry[{i}]"
             if not isinstance(e, dict):
@@ -490,16 +537,17 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
                         run.deleted.add(m.group(1))
                 continue
             fu = e.get("fullUrl")
-            _collect(run, res, eloc, fu if isinstance(fu, str) else None, depth + 1, out)
+            _collect(run, res, eloc, fu if isinstance(fu, str) else None, depth + 1, out,
+                     partial)
         return
-    out.append(_Res(loc, rtype, doc, full_url))
+    out.append(_Res(loc, rtype, doc, full_url, partial=partial))
     if rtype == "DiagnosticReport":
         # Lab reports often carry their results only as contained Observations.
         container = _source(out[-1])
         for k, c in run.items(doc, "contained", loc):
             if c.get("resourceType") == "Observation":
                 out.append(_Res(f"{loc}.contained[{k}]", "Observation", c, None, container,
-                                doc))
+                                doc, partial))
     elif rtype == "Medication":
         rid = doc.get("id")
         if isinstance(rid, str) and rid:
@@ -1677,35 +1725,90 @@ def _merge_patients(run: _Run, same: list[_Res], patient: JsonDict) -> None:
                           + "): not used"))
 
 
-def _build(run: _Run, found: list[_Res]) -> JsonDict:
+def _screened(patients: list[_Res], patient_id: str | None) -> tuple[_Res | None, list[_Res]]:
+    """(the screened Patient, its copies: same id or fullUrl): the Patient with `patient_id`
+    when given (CDS Hooks: the verified patient in context), else the first one."""
+    if patient_id is None:
+        first = patients[0] if patients else None
+    else:
+        first = next((r for r in patients if f"Patient/{patient_id}" in _patient_keys(r)), None)
+    if first is None:
+        return None, []
+    keys = _patient_keys(first)
+    return first, [first] + [r for r in patients if r is not first and _patient_keys(r) & keys]
+
+
+def _partial_markers(run: _Run, r: _Res, obs: list[JsonDict], exposures: list[JsonDict],
+                     seen: set[tuple[str, str, str]]) -> list[tuple[str, JsonDict]]:
+    """For what one resource of an incomplete searchset gave: an unusable result of each
+    observation element at each date seen (a newer result may be on a page not sent, so the
+    newest result sent must not decide), and one dateless blinatumomab course per Bundle (more
+    days may be on a page not sent: the total is unknown; it was given, as the records sent
+    show)."""
+    if r.partial is None:
+        return []
+    why = cut(f"{_UNREADABLE}: search result incomplete ({run.partial[r.partial]}), "
+              "a newer result may be on a page not sent", 120)
+    source = f"{r.partial} (incomplete search result)"
+    out: list[tuple[str, JsonDict]] = []
+    for o in obs:
+        date = o.get("date")
+        key = (o["element"], date if isinstance(date, str) else "", r.partial)
+        if isinstance(date, str) and key not in seen:
+            seen.add(key)
+            out.append(("observations", {"element": o["element"], "value": why, "date": date,
+                                         "source": source}))
+    key = ("blinatumomab", "", r.partial)
+    if exposures and key not in seen:
+        seen.add(key)
+        out.append(("exposures", {"element": "blinatumomab", "source": source}))
+    return out
+
+
+def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonDict:
     patient: JsonDict = {}
     out: JsonDict = {"observations": [], "conditions": [], "exposures": []}
     found = _resolve_versions(run, found)
     _inherit_dates(run, found)
     _mark_retracted(run, found)
     patients = [r for r in found if r.rtype == "Patient"]
+    first, same = _screened(patients, patient_id)
     own: set[str] = set()
     others: set[str] = set()
-    if patients:
-        _patient(run, patients[0], patient)
-        own = _patient_keys(patients[0])
-        same = [patients[0]] + [r for r in patients[1:] if _patient_keys(r) & own]
+    if first is not None:
+        _patient(run, first, patient)
+        for r in same:
+            own |= _patient_keys(r)
         if len(same) > 1:
             _merge_patients(run, same, patient)
         sex = patient.get("sex")
         run.sex = sex if isinstance(sex, str) else None
         birth = patient.get("birth_date")
         run.birth = birth if isinstance(birth, str) else None
-        extra = [r for r in patients[1:] if not (_patient_keys(r) & own)]
-        for r in extra:
-            others |= _patient_keys(r)
-        others -= own
-        if extra:
-            run.issue(extra[0].loc, "fhir.extra_patient",
-                      f"{len(extra)} further Patient resource(s) ignored (first at "
-                      f"{extra[0].loc}); the first Patient ({patients[0].loc}) is screened")
+    elif patient_id is not None:
+        own = {f"Patient/{patient_id}"}
+        run.issue("$", "fhir.no_patient",
+                  f"no Patient resource with id {short_repr(patient_id)}: birth date and sex "
+                  "unknown")
     else:
         run.issue("$", "fhir.no_patient", "no Patient resource: birth date and sex unknown")
+    extra = [r for r in patients if not any(r is x for x in same)]
+    for r in extra:
+        others |= _patient_keys(r)
+    others -= own
+    if extra:
+        which = (f"the first Patient ({first.loc}) is screened" if patient_id is None and first
+                 else f"Patient {short_repr(patient_id)}"
+                 + (f" ({first.loc})" if first else "") + " is screened")
+        run.issue(extra[0].loc, "fhir.extra_patient",
+                  f"{len(extra)} further Patient resource(s) ignored (first at "
+                  f"{extra[0].loc}); {which}")
+    # With the screened Patient's id known, a subject naming another Patient id is another
+    # patient even when that Patient is not in the input; a bundle-local reference (urn:uuid)
+    # that is not the screened Patient's fullUrl cannot be shown to be this patient.
+    id_known = any(k.startswith("Patient/") for k in own)
+    markers: list[tuple[str, JsonDict]] = []
+    marked: set[tuple[str, str, str]] = set()
     for r in found:
         # Used elsewhere: Medication resolves medicationReference, DiagnosticReport dates and
         # contains results; neither is "ignored".
@@ -1716,24 +1819,43 @@ def _build(run: _Run, found: list[_Res]) -> JsonDict:
             run.tally("fhir.ignored_resource", r.rtype, r.loc,
                       f"{r.rtype} resource not used for screening")
             continue
-        if others:
-            subject = _subject_key(r)
-            if subject is not None and subject in others:
+        subject = _subject_key(r)
+        if subject is not None and subject not in own:
+            if subject in others:
                 run.tally("fhir.other_patient", "", r.loc,
                           "resource about another Patient in the input ignored")
                 continue
+            if id_known and subject.startswith("Patient/"):
+                run.tally("fhir.other_patient", "absent", r.loc,
+                          "resource about another Patient (not in the input) ignored")
+                continue
+            if own and subject.startswith("urn:"):
+                run.tally("fhir.unresolved_subject", "", r.loc,
+                          "resource whose subject (a urn: reference) is not the screened "
+                          "Patient ignored")
+                continue
+        n_obs, n_exp = len(out["observations"]), len(out["exposures"])
         try:
             handler(run, r, out)
         except Exception as exc:  # noqa: BLE001 - the no-crash contract outranks one resource
             run.issue(r.loc, "fhir.internal_error",
                       f"{r.rtype} could not be mapped ({type(exc).__name__}); ignored")
+            continue
+        if r.partial is not None:
+            markers += _partial_markers(run, r, out["observations"][n_obs:],
+                                        out["exposures"][n_exp:], marked)
+    for section, record in markers:
+        out[section].append(record)
     run.flush()
     return {**patient, **out}
 
 
-def resources_to_patient(resources: list[Any]) -> tuple[JsonDict, list[Issue]]:
+def resources_to_patient(resources: list[Any], patient_id: str | None = None
+                         ) -> tuple[JsonDict, list[Issue]]:
     """Map a list of FHIR values (Bundles, single resources or nulls: the shape of a CDS Hooks
-    prefetch) to (canonical patient dict, issues)."""
+    prefetch) to (canonical patient dict, issues). `patient_id` names the Patient to screen
+    (CDS Hooks: the verified patient in context); by default the first Patient is screened.
+    Every other Patient, and every resource whose subject is another Patient, is left out."""
     run = _Run()
     found: list[_Res] = []
     if isinstance(resources, list):
@@ -1743,7 +1865,7 @@ def resources_to_patient(resources: list[Any]) -> tuple[JsonDict, list[Issue]]:
     else:
         run.issue("$", "fhir.not_an_object",
                   f"expected a list of FHIR resources, got {_tname(resources)}")
-    return _build(run, found), _listed(run.issues)
+    return _build(run, found, patient_id), _listed(run.issues)
 
 
 #: issues listed per document; the rest are counted in one last issue (a 2 MiB Bundle of
