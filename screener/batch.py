@@ -127,7 +127,8 @@ def status_of(kinds: Sequence[str], verdicts: Sequence[str]) -> str:
 class _CritPlan:
     criterion: Criterion
     names: tuple[str, str, str, str]   # T, F, AT, AF rule names
-    slots: tuple[str, ...]             # slot keys of logic and applies_if leaves
+    slots: tuple[str, ...]             # slot keys of the logic's leaves
+    applies_slots: tuple[str, ...]     # slot keys of the applies_if leaves
 
 
 class TrialPlan:
@@ -137,10 +138,9 @@ class TrialPlan:
         self.crits: list[_CritPlan] = []
         for c in criteria:
             n = rule_names(c.id)
-            keys: dict[str, None] = {}
-            for leaf in leaves(c.logic) + leaves(c.applies_if):
-                keys[leaf.slot.key] = None
-            self.crits.append(_CritPlan(c, (n["T"], n["F"], n["AT"], n["AF"]), tuple(keys)))
+            keys = tuple(dict.fromkeys(leaf.slot.key for leaf in leaves(c.logic)))
+            akeys = tuple(dict.fromkeys(leaf.slot.key for leaf in leaves(c.applies_if)))
+            self.crits.append(_CritPlan(c, (n["T"], n["F"], n["AT"], n["AF"]), keys, akeys))
         self.kinds = [c.kind for c in criteria]
         # per criterion, 16 slots indexed by which of T, F, AT, AF fired (bits 1, 2, 4, 8):
         # (verdict, favourable, failed), filled on first use
@@ -176,12 +176,17 @@ class TrialPlan:
         # the status rule of report.build (status_of spells it out; a test pins both)
         return out, ("ineligible" if any_fail else "eligible" if all_fav else "needs_review")
 
-    def missing(self, i: int, absent: dict[str, str]) -> str | None:
+    def missing(self, i: int, absent: dict[str, str], fired: set[str] | frozenset[str]
+                ) -> str | None:
         """Data elements an unknown criterion waits for, as `verdict_for` lists them (minus the
-        attestation of a manual criterion); NO_ELEMENT for a data criterion naming none.
+        attestation of a manual criterion): the logic's if the logic is unknown, the
+        applicability's if that is unknown; NO_ELEMENT for a data criterion naming none.
         `absent` maps the patient's unknown slot keys to their element (see `absent_slots`)."""
         cp = self.crits[i]
-        els = sorted({absent[k] for k in cp.slots if k in absent})
+        t, f, at, af = cp.names
+        keys = (cp.slots if t not in fired and f not in fired else ()) + \
+            (cp.applies_slots if at not in fired and af not in fired else ())
+        els = sorted({absent[k] for k in keys if k in absent})
         if els:
             return " ".join(els)
         return None if cp.criterion.manual else NO_ELEMENT
@@ -378,7 +383,7 @@ class _Worker:
             absent = absent_slots(fc.evidence) if "unknown" in vs else {}
             for i, v in enumerate(vs):
                 verdict_cols[i].append(v)
-                missing_cols[i].append(plan.missing(i, absent) if v == "unknown" else None)
+                missing_cols[i].append(plan.missing(i, absent, fs) if v == "unknown" else None)
             statuses.append(status)
         columns[status_column(tid)] = statuses
         for i, cp in enumerate(plan.crits):
@@ -1421,7 +1426,11 @@ def render_text(s: dict[str, Any]) -> str:
                   f"  {t['patients']:,} patients: eligible {st['eligible']:,}  needs_review "
                   f"{st['needs_review']:,}  ineligible {st['ineligible']:,}"
                   + (f"  engine errors {t['engine_errors']:,}" if t["engine_errors"] else ""),
-                  "", "  attrition funnel (protocol order; unknown is not failed)"]
+                  "", "  attrition funnel ("
+                  + ("what-if order: " + ", ".join(wi["order"]) + " first, then protocol order"
+                     if wi["order"] else "protocol order")
+                  + (f"; without {', '.join(wi['without'])}" if wi["without"] else "")
+                  + "; unknown is not failed)"]
         w = max([len(f["criterion"]) for f in t["funnel"]] + [9])
         lines.append(f"  {'#':>3} {'criterion':<{w}} {'kind':<4} {'entering':>9} {'failed':>9} "
                      f"{'unknown':>9} {'remaining':>9} {'clear':>9} {'uncertain':>9}")

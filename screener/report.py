@@ -146,6 +146,8 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
             attested = v
     else:
         v = _value(fired, plan.t, plan.f)
+    logic_unknown = v == "unknown"
+    a = "met"
     if c.applies_if is not None:
         a = _value(fired, plan.at, plan.af)
         ev += [{**get(key, _EMPTY), "test": test, "applicability": True}
@@ -171,9 +173,14 @@ def _verdict(c: Criterion, plan: _CritPlan, fired: set[str],
         entry["favourable"] = v in plan.fav
         entry["evidence"] = ev
     if v == "unknown":
+        # only what would resolve it: the logic's missing data if the logic is unknown, the
+        # applicability's if that is unknown (a man's contraception criterion applies whatever
+        # his childbearing potential; it was listed as missing for every man)
+        n = len(plan.logic)
         missing = [{"element": el, "reason": why}
-                   for el, why in sorted({(e["element"], e["missing"]) for e in ev
-                                          if "missing" in e})]
+                   for el, why in sorted({(e["element"], e["missing"])
+                                          for i, e in enumerate(ev) if "missing" in e and (
+                                              logic_unknown if i < n else a == "unknown")})]
         if c.manual and attested is None:
             missing.append({"element": "attestation", "reason": "needs attestation by the "
                             "investigator"})

@@ -380,3 +380,17 @@ def test_a_zoned_result_on_the_utc_as_of_date_is_not_in_the_future(screener: Scr
     obs[1]["date"] = "2026-11-23T11:00+10:00"
     assert verdict(screener, {"observations": obs}, "exc_leukemia_burden", T2)["verdict"] == \
         "not_met"
+
+
+def test_missing_lists_only_what_would_resolve_the_criterion(screener: Screener) -> None:
+    """A man's contraception criterion applies whatever his childbearing potential: the
+    element was listed as missing for every man (and skewed the batch's 'blocked only by')."""
+    r = screener.screen(T1, {"sex": "male", "birth_date": "1980-01-01"}, AS_OF)
+    c = next(c for c in r["criteria"] if c["id"] == "inc_contraception")
+    assert c["verdict"] == "unknown"
+    assert [m["element"] for m in c["missing"]] == ["attestation"]
+    assert "childbearing_potential" not in r["missing_data"]
+    # a woman of unknown potential: the applicability is open, so it is listed
+    r = screener.screen(T1, {"sex": "female", "birth_date": "1980-01-01"}, AS_OF)
+    c = next(c for c in r["criteria"] if c["id"] == "inc_contraception")
+    assert "childbearing_potential" in [m["element"] for m in c["missing"]]

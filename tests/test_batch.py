@@ -372,6 +372,11 @@ def test_report_without_and_order(clean_small: Path) -> None:
     assert t2["status"] == expect and expect["eligible"] > 0
     assert funnel[-1]["remaining_clear"] == expect["eligible"]
     assert funnel[-1]["remaining_uncertain"] == expect["needs_review"]
+    # the text report says the funnel is in the what-if order, not "protocol order"
+    code, text, _ = _report([str(clean_small), "--order", "NCT06111625:exc_cns_leukemia"])
+    assert code == 0
+    assert "attrition funnel (what-if order: NCT06111625:exc_cns_leukemia first" in text
+    assert "attrition funnel (protocol order" not in text
     assert funnel[0]["entering"] == len(rows)
     assert funnel[0]["failed"] == sum(r[f"{tid}:exc_cns_leukemia"] == "met" for r in rows)
     # the other trial has no such criterion and is unchanged
