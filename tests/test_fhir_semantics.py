@@ -386,3 +386,23 @@ def test_blinatumomab_days_of_an_incomplete_search_are_unknown(screener: Screene
     page["total"] = 1
     assert verdict(screener, [PATIENT, page], "exc_blinatumomab_days",
                    "NCT06111625") == "not_met"  # 7 days, all of them sent
+
+
+def test_quantitative_hcg_with_disagreeing_ranges_is_unusable_not_a_crash() -> None:
+    """The adapter passes disagreeing ranges on as an unusable (text) limit; the hCG reader
+    compared a number with it and raised."""
+    hcg = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2118-8"}]},
+           "effectiveDateTime": "2026-11-20",
+           "valueQuantity": {"value": 3, "unit": "m[IU]/mL", "system": "http://unitsofmeasure.org",
+                             "code": "m[IU]/mL"},
+           "referenceRange": [{"high": {"value": 5, "unit": "m[IU]/mL"}},
+                              {"high": {"value": 10, "unit": "m[IU]/mL"},
+                               "appliesTo": [{"text": "pregnancy"}]}]}
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female",
+               "birthDate": "1990-01-01"}
+    p, issues = bundle_to_patient({"resourceType": "Bundle", "type": "collection",
+                                   "entry": [{"resource": patient}, {"resource": hcg}]})
+    (preg,) = [o for o in p["observations"] if o["element"] == "pregnant"]
+    assert str(preg["value"]).startswith("unreadable")
+    assert "fhir.ambiguous_range" in [i["code"] for i in issues]

@@ -1327,6 +1327,8 @@ def _pregnancy_test(run: _Run, r: _Res, out: JsonDict) -> None:
         fields = _quantity(run, q, f"{loc}.valueQuantity") if q is not None else None
         rr = _reference_range(run, res, loc, date) if fields is not None else None
         high = rr.get("high") if rr is not None else None
+        if isinstance(high, str):   # an unusable range (ranges that disagree): no cut-off
+            high = None
         if fields is not None and high is not None and (
                 rr is None or rr.get("unit") is None
                 or str(rr.get("unit")).lower() == str(fields.get("unit")).lower()):
