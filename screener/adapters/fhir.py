@@ -697,18 +697,27 @@ def _one(run: _Run, found: Iterable[T], loc: str, what: str) -> T | None:
     return None
 
 
+def _coded_or_text_class(run: _Run, holder: JsonDict, loc: str) -> set[str] | None:
+    """Result classes (pos / neg / ind) read from valueCodeableConcept or valueString; None
+    when the value is neither."""
+    if holder.get("valueCodeableConcept") is not None:
+        cc = run.get(holder, "valueCodeableConcept", dict, loc)
+        return _result_class(run, cc, f"{loc}.valueCodeableConcept") if cc is not None else set()
+    if holder.get("valueString") is not None:
+        s = run.text(holder, "valueString", loc)
+        hit = _RESULT_TEXT.get(_norm_text(s)) if s is not None else None
+        return {hit} if hit is not None else set()
+    return None
+
+
 def _coded_result(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
     table = _RESULT_VALUE["positive" if ELEMENTS[el].values == _POSNEG else "detected"]
     # The lab's interpretation flag: it must agree with the value (a "Negative" flagged POS is
     # a contradiction that no reading resolves).
     interp = _result_class_list(run, holder, loc)
-    if holder.get("valueCodeableConcept") is not None:
-        cc = run.get(holder, "valueCodeableConcept", dict, loc)
-        found = _result_class(run, cc, f"{loc}.valueCodeableConcept") if cc is not None else set()
-    elif holder.get("valueString") is not None:
-        s = run.text(holder, "valueString", loc)
-        hit = _RESULT_TEXT.get(_norm_text(s)) if s is not None else None
-        found = {hit} if hit is not None else set()
+    read = _coded_or_text_class(run, holder, loc)
+    if read is not None:
+        found = read
     elif holder.get("valueQuantity") is not None and ELEMENTS[el].values == _DETECT:
         # A viral load is a quantity; the normalizer decides detected / not detected.
         q = run.get(holder, "valueQuantity", dict, loc)
@@ -1313,15 +1322,9 @@ def _pregnancy_test(run: _Run, r: _Res, out: JsonDict) -> None:
         return
     date, status = _obs_date_status(run, r)
     interp = _result_class_list(run, res, loc)
-    found: set[str] = set()
-    if res.get("valueCodeableConcept") is not None:
-        cc = run.get(res, "valueCodeableConcept", dict, loc)
-        found = _result_class(run, cc, f"{loc}.valueCodeableConcept") if cc is not None else set()
-    elif res.get("valueString") is not None:
-        s = run.text(res, "valueString", loc)
-        hit = _RESULT_TEXT.get(_norm_text(s)) if s is not None else None
-        found = {hit} if hit is not None else set()
-    elif res.get("valueQuantity") is not None:
+    read = _coded_or_text_class(run, res, loc)
+    found: set[str] = read if read is not None else set()
+    if read is None and res.get("valueQuantity") is not None:
         # quantitative: above the reference upper limit is positive, below it negative
         q = run.get(res, "valueQuantity", dict, loc)
         fields = _quantity(run, q, f"{loc}.valueQuantity") if q is not None else None
