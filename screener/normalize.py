@@ -440,8 +440,7 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
                 lo = hi = _years_between(d, as_of)
             else:
                 # partial date: youngest if born at the end of the period, oldest at its start
-                last = (date(d.year, 12, 31) if len(str(raw).strip()) == 4 else
-                        _month_end(d))
+                last = date(d.year, 12, 31) if _year_only(raw) else _month_end(d)
                 hi = _years_between(d, as_of)
                 lo = _years_between(min(last, as_of), as_of)
             if hi > 130:
@@ -948,8 +947,13 @@ def _period_end(raw: Any, first: date | None) -> date | None:
     d, complete = parse_date(raw)
     if complete or d is None:
         return first
-    text = str(raw).strip()
-    return date(d.year, 12, 31) if len(text) == 4 else _month_end(d)
+    return date(d.year, 12, 31) if _year_only(raw) else _month_end(d)
+
+
+def _year_only(raw: Any) -> bool:
+    """A partial date that gives only the year ("2025", also "2025T12:00")."""
+    m = _DATE.match(str(raw).strip())
+    return m is not None and not m.group(3)
 
 
 _CONDITION_KEYS = frozenset({"element", "code", "codes", "onset", "abatement", "clinical_status",
@@ -1074,7 +1078,9 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         end = min(end, prep.as_of)
     elif start is not None and days is not None:
         # stated days from a start date: only those up to as_of have been given
-        end = min(start + timedelta(days=days - 1), prep.as_of) if days > 0 else None
+        # (on ordinals: start + days may lie past 9999-12-31)
+        end = date.fromordinal(min(start.toordinal() + days - 1, prep.as_of.toordinal())) \
+            if days > 0 else None
     elif start is not None and days is None:
         problem = problem or f"{name} exposure without a duration"
     elif start is None and end is not None:
@@ -1303,12 +1309,14 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
         # a documented absence dated on or after a record's onset contradicts it: neither
         # can be taken over the other
         clean = []
+        latest = {n: max(d for d, _ in negs) for n in {r.element for r in hits}
+                  if (negs := prep.negatives.get(n))}
         for r in hits:
             began = r.onset_last or r.onset or date.min
-            later = [d for d, _ in prep.negatives.get(r.element, []) if d >= began]
-            if later:
+            last_absent = latest.get(r.element)
+            if last_absent is not None and last_absent >= began:
                 doubts.append(f"{r.element} ({r.source}) is contradicted by a documented "
-                              f"absence on {max(later)}")
+                              f"absence on {last_absent}")
             else:
                 clean.append(r)
         hits = clean
@@ -1425,7 +1433,7 @@ def _days(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> int |
         union = 0
         cur_start = cur_end = None
         for a, b in spans:
-            if cur_end is None or a > cur_end + timedelta(days=1):
+            if cur_end is None or (a - cur_end).days > 1:
                 if cur_end is not None and cur_start is not None:
                     union += (cur_end - cur_start).days + 1
                 cur_start, cur_end = a, b

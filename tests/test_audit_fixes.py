@@ -394,3 +394,53 @@ def test_missing_lists_only_what_would_resolve_the_criterion(screener: Screener)
     r = screener.screen(T1, {"sex": "female", "birth_date": "1980-01-01"}, AS_OF)
     c = next(c for c in r["criteria"] if c["id"] == "inc_contraception")
     assert "childbearing_potential" in [m["element"] for m in c["missing"]]
+
+
+# --- review of the day's code: edges and cost ------------------------------------------------
+
+def test_courses_at_the_end_of_the_calendar_do_not_overflow(screener: Screener) -> None:
+    v = verdict(screener, {"exposures": [{"element": "blinatumomab", "start": "9999-12-30",
+                                          "days": 5}]}, "exc_blinatumomab_days", T2,
+                as_of=date(9999, 12, 31))
+    assert v["verdict"] == "not_met", v           # 2 days given by as_of
+    v = verdict(screener, {"exposures": [
+        {"element": "blinatumomab", "start": "9999-12-01", "end": "9999-12-31"},
+        {"element": "blinatumomab", "start": "9999-12-31", "end": "9999-12-31"}]},
+        "exc_blinatumomab_days", T2, as_of=date.max)
+    assert v["verdict"] == "met", v               # 31 days
+
+
+def test_a_year_with_a_time_is_a_whole_year(screener: Screener) -> None:
+    """'2025T12:00' is a partial date of the year 2025, not of January 2025."""
+    for onset in ("2025", "2025T12:00"):
+        p = {"conditions": [{"element": "myocardial_infarction", "onset": onset}],
+             "reviewed": {"conditions": "2026-01-10"}}
+        v = verdict(screener, p, "exc_organ_dysfunction", T2, as_of=date(2026, 1, 15))
+        assert v["verdict"] == "unknown", (onset, v)
+    # birth date: born some time in 2008 -> 17 or 18 on 2026-06-01, not surely 18
+    v = verdict(screener, {"birth_date": "2008T00:00"}, "inc_age", T1, as_of=date(2026, 6, 1))
+    assert v["verdict"] == "unknown", v
+
+
+def test_documented_absences_are_read_once_per_element_not_per_record(
+        screener: Screener) -> None:
+    """The conflict check scanned every absence for every record (18 s at 50,000 entries):
+    counted here, not timed."""
+    from screener.normalize import fill, prepare
+
+    class Counting(list):  # type: ignore[type-arg]
+        reads = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Counting.reads += 1
+            return super().__iter__()
+
+    n = 2_000
+    p = {"conditions": [{"element": "b_all", "onset": "2020-01-01"}] * (n // 2)
+         + [{"element": "b_all", "present": False, "date": "2019-01-01"}] * (n // 2)}
+    prep = prepare(p, date(2026, 1, 15))
+    prep.negatives["b_all"] = Counting(prep.negatives["b_all"])
+    facts = fill(prep, screener.get(T2).trial)
+    assert "missing" not in facts.evidence[next(k for k in facts.evidence
+                                                if facts.evidence[k]["element"] == "b_all")]
+    assert Counting.reads <= 2
