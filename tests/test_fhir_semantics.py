@@ -406,3 +406,44 @@ def test_quantitative_hcg_with_disagreeing_ranges_is_unusable_not_a_crash() -> N
     (preg,) = [o for o in p["observations"] if o["element"] == "pregnant"]
     assert str(preg["value"]).startswith("unreadable")
     assert "fhir.ambiguous_range" in [i["code"] for i in issues]
+
+
+# --- review of the day's adapter code --------------------------------------------------------
+
+def test_odd_version_ids_are_conflicting_versions_not_a_crash() -> None:
+    for vid in ("²", "9" * 5000):
+        a = obs("1742-6", "2024-01-01", id="o1", meta={"versionId": vid},
+                valueQuantity={"value": 30, "unit": "U/L"})
+        b = obs("1742-6", "2024-01-01", id="o1", meta={"versionId": "1"},
+                valueQuantity={"value": 31, "unit": "U/L"})
+        _, issues = bundle_to_patient(bundle(a, b))
+        assert "fhir.conflicting_versions" in [i["code"] for i in issues], vid
+
+
+def test_an_unreadable_age_bound_keeps_the_result(screener: Screener) -> None:
+    """A range whose age bound overflows a float may apply: the newer creatinine of 5.0 (4 x
+    ULN) must not be dropped so that the older 1.0 decides."""
+    rr = [{"low": mgdl(0.6), "high": mgdl(1.2), "age": {"high": {"value": 10**400, "unit": "d"}}}]
+    newer = obs("2160-0", "2026-11-20", valueQuantity=mgdl(5.0), referenceRange=rr)
+    assert verdict(screener, bundle(BUN, CREAT_OLD, newer), "inc_renal") == "not_met"
+
+
+@pytest.mark.parametrize("subject", [{"reference": "Group/g1"}, "Patient/p2",
+                                     {"identifier": {"value": "OTHER"}}])
+def test_a_subject_that_is_not_the_screened_patient_is_dropped(screener: Screener,
+                                                              subject: Any) -> None:
+    newer = obs("2160-0", "2026-11-20", valueQuantity=mgdl(5.0),
+                referenceRange=[{"low": mgdl(0.6), "high": mgdl(1.2)}], subject=subject)
+    doc = bundle(BUN, CREAT_OLD, newer)
+    _, issues = bundle_to_patient(doc)
+    assert "fhir.unresolved_subject" in [i["code"] for i in issues]
+    assert verdict(screener, doc, "inc_renal") == "met"   # the screened patient's own data
+
+
+def test_a_pregnancy_condition_counts_as_of_its_recording(screener: Screener) -> None:
+    cond = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": SNOMED, "code": "77386006"}]},
+            "onsetDateTime": "2026-11-15", "recordedDate": "2026-11-20",
+            "clinicalStatus": {"coding": [{"code": "active"}]}}
+    hcg = obs("2106-3", "2026-11-17", valueString="Negative")
+    assert verdict(screener, bundle(LACT_NO, cond, hcg), "exc_pregnancy") == "met"

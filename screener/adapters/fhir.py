@@ -591,6 +591,12 @@ def _patient(run: _Run, r: _Res, out: JsonDict) -> None:
                       f"gender {short_repr(gender)} unknown; ignored")
 
 
+def _has_subject(r: _Res) -> bool:
+    """Whether the resource (or the report holding it) names a subject / patient at all."""
+    return any(res is not None and res.get(key) is not None
+               for res in (r.res, r.parent) for key in ("subject", "patient"))
+
+
 def _subject_key(r: _Res) -> str | None:
     for res in (r.res, r.parent):
         for key in ("subject", "patient"):
@@ -1020,7 +1026,10 @@ def _age_bound(run: _Run, age: JsonDict, key: str, loc: str
     u = _AGE_UNITS.get(unit.strip().lower()) if unit else None
     if not isinstance(v, (int, float, Decimal)) or not _is_number(v) or u is None:
         return False
-    return float(v), u
+    try:
+        return float(v), u
+    except OverflowError:   # 10**400 days: no age; the range may apply
+        return False
 
 
 def _age_span(birth: str, on: str, unit: str) -> tuple[int, int] | None:
@@ -1168,6 +1177,9 @@ def _mark_retracted(run: _Run, found: list[_Res]) -> None:
     for r in found:
         if r.parent is not None:
             by_parent.setdefault(id(r.parent), []).append(r)
+    # one walk for all retracted roots: each result is marked once (a fresh set per root walked
+    # shared members again for every root: 11 s for 2,500 cancelled panels of one member list)
+    seen: set[int] = set()
     for r in found:
         status = r.res.get("status")
         if r.rtype not in ("DiagnosticReport", "Observation") or status not in _RETRACTED_STATUS:
@@ -1185,7 +1197,7 @@ def _mark_retracted(run: _Run, found: list[_Res]) -> None:
             hit = resolve(ref, r.container)
             if hit is not None:
                 stack.append(hit)
-        seen: set[int] = {id(r.res)}
+        seen.add(id(r.res))
         while stack:
             child = stack.pop()
             if id(child.res) in seen:
@@ -1499,7 +1511,13 @@ def _pregnancy_condition(run: _Run, r: _Res, base: JsonDict, out: JsonDict) -> N
         run.issue(r.loc, "fhir.unclear_pregnancy", f"{why}: passed on as an unusable pregnancy "
                   f"status")
         obs["value"] = _unreadable_value({}, why)
-    if "onset" in base:
+    # dated when the pregnancy was last asserted: the recordedDate when it is later than the
+    # onset (a negative test between onset and recording must not win over the Condition)
+    recorded = r.res.get("recordedDate")
+    if isinstance(recorded, str) and _is_datetime(recorded) and "onset" in base and \
+            str(base["onset"])[:10] < recorded[:10]:
+        obs["date"] = recorded
+    elif "onset" in base:
         obs["date"] = base["onset"]
     else:
         run.issue(r.loc, "fhir.missing_date", "pregnancy Condition without onset or recordedDate: "
@@ -1641,8 +1659,11 @@ def _latest(versions: list[_Res]) -> _Res | None:
 
     picks: list[_Res] = []
     vids = [meta(r, "versionId") for r in versions]
-    if all(isinstance(v, str) and v.strip().isdigit() for v in vids):
-        nums = [int(str(v)) for v in vids]
+    # ASCII digits only, and not too many: "²" passes isdigit, 5,000 digits pass both, and
+    # int() refuses each
+    if all(isinstance(v, str) and v.strip().isascii() and v.strip().isdigit()
+           and len(v.strip()) <= 18 for v in vids):
+        nums = [int(str(v).strip()) for v in vids]
         if len(set(nums)) == len(nums):
             picks.append(versions[nums.index(max(nums))])
     stamps: list[dt.datetime] = []
@@ -1834,11 +1855,18 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
                 run.tally("fhir.other_patient", "absent", r.loc,
                           "resource about another Patient (not in the input) ignored")
                 continue
-            if own and subject.startswith("urn:"):
+            if own and not subject.startswith("Patient/"):
+                # a urn: that is not the screened Patient's fullUrl, a Group, ...
                 run.tally("fhir.unresolved_subject", "", r.loc,
-                          "resource whose subject (a urn: reference) is not the screened "
-                          "Patient ignored")
+                          "resource whose subject is not the screened Patient ignored")
                 continue
+        elif subject is None and own and _has_subject(r):
+            # a subject given but not as a reference we can read (a bare string, an
+            # identifier only): it may be another patient
+            run.tally("fhir.unresolved_subject", "unreadable", r.loc,
+                      "resource whose subject cannot be matched to the screened Patient "
+                      "ignored")
+            continue
         n_obs, n_exp = len(out["observations"]), len(out["exposures"])
         try:
             handler(run, r, out)
