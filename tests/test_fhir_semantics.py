@@ -447,3 +447,30 @@ def test_a_pregnancy_condition_counts_as_of_its_recording(screener: Screener) ->
             "clinicalStatus": {"coding": [{"code": "active"}]}}
     hcg = obs("2106-3", "2026-11-17", valueString="Negative")
     assert verdict(screener, bundle(LACT_NO, cond, hcg), "exc_pregnancy") == "met"
+
+
+def test_a_long_dated_hasmember_chain_is_walked_once() -> None:
+    """Counted, not timed: every panel pushed its whole chain again (5,000 dated panels: 80 s
+    of a worker for one body)."""
+    from screener.adapters import fhir
+    n = 300
+    chain = [{"resourceType": "Observation", "id": f"c{i}", "status": "final",
+              "code": {"text": "panel"}, "effectiveDateTime": "2026-11-01",
+              "hasMember": [{"reference": f"Observation/c{i + 1}"}]} for i in range(n)]
+    calls = 0
+    real = fhir._observation_resolver
+
+    def counting(found: Any) -> Any:
+        resolve = real(found)
+
+        def wrapped(*a: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return resolve(*a)
+        return wrapped
+    fhir._observation_resolver = counting  # type: ignore[assignment]
+    try:
+        bundle_to_patient(bundle(*chain))
+    finally:
+        fhir._observation_resolver = real  # type: ignore[assignment]
+    assert calls <= 2 * n, calls
