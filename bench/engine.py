@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +30,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _results  # noqa: E402
 
 from screener.normalize import fill, prepare  # noqa: E402
 from screener.screen import Screener  # noqa: E402
@@ -160,12 +161,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}")
-        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-            fh.write(f"\n## Engine (bench/engine.py) — {date.today()} — {machine}\n\n"
-                     f"`python bench/engine.py --n {args.n}`; per patient-trial; target: Rete "
-                     f"path median <= 100 us.\n\n{table}\n")
+        _results.append(f"\n## Engine (bench/engine.py) — {date.today()} — "
+                        f"{_results.machine()}\n\n`python bench/engine.py --n {args.n}`; per "
+                        f"patient-trial; target: Rete path median <= 100 us.\n\n{table}\n")
 
 
 if __name__ == "__main__":

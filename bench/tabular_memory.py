@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -29,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _results  # noqa: E402
 
 MAPPING = """version: 1
 patients: {file: patients.txt, id: PID, birth_date: dob, sex: gender}
@@ -118,13 +119,11 @@ def main() -> None:
             print(line, flush=True)
             lines.append(line)
     if a.record:
-        machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}")
-        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-            fh.write(f"\n## Registry tables, long format: memory (bench/tabular_memory.py) — "
-                     f"{date.today()} — {machine}\n\n`python bench/tabular_memory.py --sizes "
-                     f"{a.sizes} --rows {a.rows}`: labs rows in random patient order, every "
-                     f"record read through `iter_patients`.\n\n" + "\n".join(lines) + "\n")
+        _results.append(f"\n## Registry tables, long format: memory (bench/tabular_memory.py) "
+                        f"— {date.today()} — {_results.machine()}\n\n`python "
+                        f"bench/tabular_memory.py --sizes {a.sizes} --rows {a.rows}`: labs rows "
+                        f"in random patient order, every record read through `iter_patients`."
+                        f"\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

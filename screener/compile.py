@@ -111,10 +111,10 @@ def compile_trial(trial: Trial) -> dict[str, Any]:
                                           f"{MAX_LOGIC_NODES} per rule: split the criterion"))
                 break
         else:
-            if stack_bound(list(mine.values())) > MAX_STACK:
+            bound = stack_bound(list(mine.values()))
+            if bound > MAX_STACK:
                 problems.append(RuleError(*where, "compile.too_wide",
-                                          f"criterion {c.id!r}: up to "
-                                          f"{stack_bound(list(mine.values()))} of its tests can "
+                                          f"criterion {c.id!r}: up to {bound} of its tests can "
                                           f"be true at once; the engine takes at most "
                                           f"{MAX_STACK}: split the criterion"))
         rules.update(mine)

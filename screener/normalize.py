@@ -148,7 +148,6 @@ class Prepared:
     exposures: dict[str, list[Exposure]] = field(default_factory=dict)
     reviewed: dict[str, date] = field(default_factory=dict)
     issues: list[DataIssue] = field(default_factory=list)
-    #: element -> unusable results (date or None, stamp, reason, loc)
     #: element -> (date, timestamp as recorded, why, location, time span) of unusable results
     unusable: dict[str, list[tuple[date | None, str, str, str, tuple[int, int, bool]]]] = \
         field(default_factory=dict)
@@ -230,7 +229,7 @@ def _time_span(raw: str) -> tuple[int, int, bool]:
         return 0, 0, False
     start = d.toordinal() * _US_DAY
     if not complete:
-        end = (date(d.year, 12, 31) if not m.group(3) else _month_end(d)).toordinal()
+        end = (_period_end(raw, d) or d).toordinal()
         return start - _EAST, (end + 1) * _US_DAY + _WEST - 1, False
     t = _TIME.match(text[m.end():]) if text[m.end():] else None
     if t is None:   # a date, or a time we cannot read: the whole day
