@@ -182,7 +182,7 @@ def detail(report: dict[str, Any], not_prefetched: list[str],
     t = report["trial"]
     n = report["counts"]
     lines = [
-        f"**{t['id']}** v{t['version']}: {_cell(t['title'], 200)}",
+        f"**{_cell(t['id'], 40)}** v{_cell(t['version'], 40)}: {_cell(t['title'], 200)}",
         "",
         f"Status **{report['status'].replace('_', ' ')}** as of {report['as_of']}: "
         f"{n['met']} met, {n['not_met']} not met, {n['unknown']} unknown, "

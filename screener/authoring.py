@@ -94,6 +94,10 @@ def collect(doc: Located) -> list[tuple[Example, Path]]:
     return out
 
 
+#: data issues that mean the example's author mistyped something, not a deliberate bad value
+_TYPO_ISSUES = frozenset({"unknown_field", "unknown_element", "wrong_section", "type"})
+
+
 def example_findings(doc: Located, trial: Trial) -> list[RuleError]:
     """Static problems with the examples of a parsed trial (reported by `screener check`)."""
     out: list[RuleError] = []
@@ -149,6 +153,23 @@ def example_findings(doc: Located, trial: Trial) -> list[RuleError]:
                         f"{what} names unknown criterion {cid!r}",
                         "use an id of this trial's criteria", key=True,
                         suggestion=did_you_mean(cid, by_id))
+        if ex.as_of is not None:
+            # a typo in the example patient ("observation:", "valeu:", an unknown element)
+            # leaves the data unread: the example then passes for the wrong reason
+            try:
+                typos = [i for i in prepare(ex.patient, ex.as_of).issues
+                         if i.code in _TYPO_ISSUES]
+            except PatientDataError as e:
+                typos = []
+                add(p + ("patient",), "example.patient_unreadable",
+                    f"{what}: the patient cannot be read: {e}",
+                    "write the patient in the canonical format (docs/patient-format.md)",
+                    key=True, crit=ex.criterion)
+            for issue in typos:
+                add(p + ("patient",), "example.patient_typo",
+                    f"{what}: {issue.loc}: {issue.msg}",
+                    "an example patient must say what it means: fix the field or element "
+                    "name (docs/patient-format.md)", key=True, crit=ex.criterion)
         for cid in (ex.attest or {}):
             c2 = by_id.get(cid)
             if c2 is None:

@@ -47,7 +47,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -374,7 +374,9 @@ class _Worker:
                 for col in verdict_cols + missing_cols:
                     col.append(None)
                 pid, where, number = rows[j]
-                errors.append({"kind": "record", "input": chunk.input_name,
+                # kind "engine", not "record": the patient stays in the matrix (and may be
+                # screened for the other trials), so it is not a record left unscreened
+                errors.append({"kind": "engine", "input": chunk.input_name,
                                _unit(chunk): number, "source": where, "patient_id": pid,
                                "trial": tid, "code": "engine_rejected",
                                "reason": "the rule engine rejected this patient's facts"})
@@ -1056,14 +1058,14 @@ def _json_bytes(doc: Any) -> bytes:
 def finalize(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """After every chunk is done: errors.jsonl, summary.json, CSV tables, report.html."""
     edir = out / "errors"
-    kinds = {"record": 0, "value": 0}
+    kinds = {"record": 0, "value": 0, "engine": 0}
     tmp = out / f".tmp-{os.getpid()}-errors.jsonl"
     with open(tmp, "wb") as dst:
         for part in sorted(edir.glob("part-*.jsonl")):
             with open(part, "rb") as src:
                 for line in src:
                     dst.write(line)
-                    kinds["record" if b'"kind": "record"' in line else "value"] += 1
+                    kinds[_error_kind(line)] += 1
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, out / "errors.jsonl")
@@ -1088,6 +1090,13 @@ def _fav_values(kind: str) -> list[str]:
     return [v for v in VERDICTS if favourable(kind, v)]
 
 
+def _error_kind(line: bytes) -> str:
+    """The kind of one errors.jsonl line (json.dumps writes `"kind": "..."` exactly so)."""
+    if b'"kind": "record"' in line:
+        return "record"
+    return "engine" if b'"kind": "engine"' in line else "value"
+
+
 def read_matrix(out: Path, fmt: str, columns: Sequence[str] | None = None,
                 slice_rows: int = SUMMARY_SLICE) -> Iterator[pa.Table]:
     """The stored matrix in part order, as tables of about `slice_rows` rows."""
@@ -1101,8 +1110,11 @@ def read_matrix(out: Path, fmt: str, columns: Sequence[str] | None = None,
         if fmt == "csv":
             names = _csv_header(part)
             types = {n: (pa.int64() if n in ("input", "record") else pa.string()) for n in names}
+            # write_csv quotes every string and leaves a null unquoted and empty: only that
+            # is null (pyarrow's default null spellings read a patient id "NA" as none)
             t = pacsv.read_csv(part, convert_options=pacsv.ConvertOptions(
-                column_types=types, strings_can_be_null=True,
+                column_types=types, null_values=[""], strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
                 include_columns=list(columns) if columns else None))
         else:
             t = pq.read_table(part, columns=list(columns) if columns else None)
@@ -1234,6 +1246,17 @@ def _count(mask: Any) -> int:
     return int(s or 0)
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _names_for(trial: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The what-if names (CRITERION or TRIAL:CRITERION) that concern this trial."""
+    ids = {c["id"] for c in trial["criteria"]}
+    return [n for n in names if n in ids or n.partition(":")[0] == trial["id"]
+            and n.partition(":")[2] in ids]
+
+
 def resolve_what_if(trials: list[dict[str, Any]], without: Sequence[str],
                     order: Sequence[str]) -> dict[str, tuple[list[str], set[str]]]:
     """Per trial: (criteria in funnel order, criteria left out). A name is `CRITERION` (every
@@ -1255,6 +1278,12 @@ def resolve_what_if(trials: list[dict[str, Any]], without: Sequence[str],
         raise BatchError(f"unknown criterion {name!r}" + (f" (did you mean {hint!r}?)"
                                                           if hint else ""))
 
+    for what, names in (("--without", without), ("--order", order)):
+        seen_names: set[str] = set()
+        for name in names:
+            if name in seen_names:
+                raise BatchError(f"{name!r} is given twice to {what}")
+            seen_names.add(name)
     out: dict[str, tuple[list[str], set[str]]] = {}
     drop: dict[str, set[str]] = {tid: set() for tid in known}
     for name in without:
@@ -1263,11 +1292,18 @@ def resolve_what_if(trials: list[dict[str, Any]], without: Sequence[str],
     first: dict[str, list[str]] = {tid: [] for tid in known}
     for name in order:
         for tid, cid in targets(name):
-            if cid not in first[tid]:
-                first[tid].append(cid)
+            if cid in drop[tid]:
+                raise BatchError(f"{tid}:{cid} is both left out (--without) and placed "
+                                 "(--order): which is meant?")
+            if cid in first[tid]:
+                raise BatchError(f"{tid}:{cid} is named twice in --order")
+            first[tid].append(cid)
     for tid, cs in known.items():
         seq = first[tid] + [c for c in cs if c not in first[tid]]
         out[tid] = ([c for c in seq if c not in drop[tid]], drop[tid])
+        if not out[tid][0]:
+            raise BatchError(f"--without leaves no criterion of {tid}: every patient would "
+                             "count as eligible")
     return out
 
 
@@ -1342,12 +1378,12 @@ def _summarise(out: Path, manifest: dict[str, Any], without: Sequence[str] = (),
         for tally in tallies.values():
             tally.add(t)
     if error_counts is None:
-        error_counts = {"record": 0, "value": 0}
+        error_counts = {"record": 0, "value": 0, "engine": 0}
         epath = out / "errors.jsonl"
         if epath.exists():
             with open(epath, "rb") as fh:
                 for line in fh:
-                    error_counts["record" if b'"kind": "record"' in line else "value"] += 1
+                    error_counts[_error_kind(line)] += 1
     id_summary, repeated = ids.result(out, manifest["format"])
     return {
         "screener": manifest.get("screener"),
@@ -1427,9 +1463,11 @@ def render_text(s: dict[str, Any]) -> str:
                   f"{st['needs_review']:,}  ineligible {st['ineligible']:,}"
                   + (f"  engine errors {t['engine_errors']:,}" if t["engine_errors"] else ""),
                   "", "  attrition funnel ("
-                  + ("what-if order: " + ", ".join(wi["order"]) + " first, then protocol order"
-                     if wi["order"] else "protocol order")
-                  + (f"; without {', '.join(wi['without'])}" if wi["without"] else "")
+                  + ("what-if order: " + ", ".join(_names_for(t, wi["order"]))
+                     + " first, then protocol order"
+                     if _names_for(t, wi["order"]) else "protocol order")
+                  + (f"; without {', '.join(_names_for(t, wi['without']))}"
+                     if _names_for(t, wi["without"]) else "")
                   + "; unknown is not failed)"]
         w = max([len(f["criterion"]) for f in t["funnel"]] + [9])
         lines.append(f"  {'#':>3} {'criterion':<{w}} {'kind':<4} {'entering':>9} {'failed':>9} "
@@ -1539,7 +1577,9 @@ def render_html(s: dict[str, Any]) -> str:
                   f"<p class='note'>ruleset {e(t['ruleset_hash'])}</p>",
                   f"<p>{t['patients']:,} patients: <b>{st['eligible']:,}</b> eligible, "
                   f"<b>{st['needs_review']:,}</b> need review, <b>{st['ineligible']:,}</b> "
-                  "ineligible.</p>",
+                  "ineligible"
+                  + (f", <b>{t['engine_errors']:,}</b> refused by the rule engine (status "
+                     "error; see errors.jsonl)" if t["engine_errors"] else "") + ".</p>",
                   "<h3>Attrition funnel</h3>", legend, _funnel_svg(t),
                   "<table><tr><th>#</th><th class='l'>criterion</th><th class='l'>kind</th>"
                   + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in _FUNNEL_KEYS) + "</tr>"]
@@ -1558,7 +1598,8 @@ def render_html(s: dict[str, Any]) -> str:
                          f"{' (manual)' if c['manual'] else ''}"
                          f"{' (left out)' if c['excluded'] else ''}</td>"
                          + "".join(f"<td>{c['counts'][v]:,}</td>" for v in VERDICTS)
-                         + f"<td class='l'>{e(c['text'][:160])}</td></tr>")
+                         + f"<td class='l' title='{e(c['text'])}'>"
+                         + f"{e(_cut(c['text'], 160))}</td></tr>")
         parts.append("</table><h3>Blocked only by one missing data element</h3>"
                      "<p class='note'>Patients who need review, whose unknown criteria all wait "
                      "for the same single data element: collecting it (if favourable) makes "

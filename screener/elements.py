@@ -117,15 +117,18 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             units={"ml/min": _ONE, "ml/min/1.73m2": _ONE, "ml/min/{1.73_m2}": _ONE},
             plausible=(0, 300), loinc=("35591-7", "2164-2", "33914-3", "62238-1")),
     # --- cardiac and pulmonary function -----------------------------------------------------
+    # The lower bounds of the % elements refuse a fraction written with "%" (an LVEF of
+    # "0.55 %" is 55 %, not 0.55 %: read as given it would fail "LVEF >= 50 %"); no living
+    # patient screened for transplant has an LVEF or % predicted value below 5 %.
     Element("lvef", "quantity", "left ventricular ejection fraction", unit="%", units=_PERCENT,
-            plausible=(0, 100),
+            plausible=(5, 100),
             loinc=("10230-1", "18043-0", "8806-2", "8807-0", "8808-8", "8811-2", "8812-0")),
     Element("fev1_pct_pred", "quantity", "FEV1 % predicted", unit="%", units=_PERCENT,
-            plausible=(0, 250), loinc=("20152-5", "20151-7")),
+            plausible=(5, 250), loinc=("20152-5", "20151-7")),
     Element("fvc_pct_pred", "quantity", "FVC % predicted", unit="%", units=_PERCENT,
-            plausible=(0, 250), loinc=("19872-1",)),
+            plausible=(5, 250), loinc=("19872-1",)),
     Element("dlco_pct_pred", "quantity", "DLCO % predicted", unit="%", units=_PERCENT,
-            plausible=(0, 250), loinc=("98130-8",)),
+            plausible=(5, 250), loinc=("98130-8",)),
     # --- leukemia ---------------------------------------------------------------------------
     Element("marrow_blasts_pct", "quantity", "bone marrow blasts", unit="%", units=_PERCENT,
             plausible=(0, 100), loinc=("11150-0",)),

@@ -23,7 +23,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +56,14 @@ from .validate import schema_errors
 #: beyond this many fact combinations a criterion is not enumerated (none of the seed trials'
 #: criteria comes near: the largest has 3 slots and about 200 combinations)
 MAX_COMBINATIONS = 20_000
+#: largest protocol text compared with the criterion texts
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
 #: a multiple of the ULN above this is almost certainly an absolute value written as x_uln
 MAX_SENSIBLE_X_ULN = 20
+#: usual adult upper limits of normal, in each element's unit: a site ULN more than 4x away
+#: from them is flagged (lint.site_uln_suspect)
+_TYPICAL_ULN = {"alt": Fraction(40), "ast": Fraction(40), "bilirubin_total": Fraction(12, 10),
+                "creatinine": Fraction(12, 10), "bun": Fraction(20)}
 
 #: Thresholds a protocol plausibly writes, in the element's canonical unit, for the elements that
 #: laboratories also report in another unit. A `value` threshold outside this band that lands
@@ -82,6 +90,7 @@ CODES: dict[str, str] = {
     "lint.no_one_eligible": "two criteria that cannot both be in the patient's favour",
     "lint.unit_suspect": "a 'value' threshold that looks written in another accepted unit",
     "lint.x_uln_large": "a multiple of the ULN too large to be meant as one",
+    "lint.site_uln_suspect": "a site ULN more than 4x from a usual one (wrong unit?)",
     "lint.window_zero": "within_days: 0 (only data dated on as_of itself)",
     "lint.window_mismatch": "one data element read with different windows in one criterion",
     "lint.duplicate_condition": "the same test twice in one all / any",
@@ -249,20 +258,85 @@ def slots_in(nodes: Iterable[Node | None]) -> dict[str, Slot]:
     return {leaf.slot.key: leaf.slot for n in nodes for leaf in leaves(n)}
 
 
+def _window_links(slots: Mapping[str, Slot]) -> list[tuple[str, str, str | None]]:
+    """(shorter, longer, how) for two slots of one element read over different windows.
+
+    The newest result within the shorter window, when there is one, is also the newest within
+    the longer one: the two values are equal (`how` None). For an element whose one value
+    sticks (a positive BCR-ABL1 anywhere in the window), and for presence, only that value
+    carries over from the shorter window to the longer (`how` is it). Without these links
+    "ECOG <= 2 within 30 days" and an exclusion "ECOG <= 2" (no window) looked independent,
+    and the check that somebody can be eligible passed.
+    """
+    links: list[tuple[str, str, str | None]] = []
+    for a, b in itertools.permutations(sorted(slots), 2):
+        sa, sb = slots[a], slots[b]
+        if (sa.element, sa.mode, sa.active) != (sb.element, sb.mode, sb.active) \
+                or sa.mode == "days" or sa.within_days is None:
+            continue
+        if sb.within_days is not None and sb.within_days <= sa.within_days:
+            continue
+        if sa.mode == "present":
+            links.append((a, b, "true"))
+        else:
+            links.append((a, b, ELEMENTS[sa.element[0]].sticky))
+    return links
+
+
+def _consistent(f: Mapping[str, Any], links: list[tuple[str, str, str | None]]) -> bool:
+    for short, long, how in links:
+        v = f.get(short)
+        if v is None:
+            continue
+        # a value within the shorter window is a value within the longer one, never unknown
+        if how is None and f.get(long) != v or how is not None and v == how \
+                and f.get(long) != how:
+            return False
+    return True
+
+
 def assignments(slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
                 with_unknown: bool = False) -> list[dict[str, Any]] | None:
-    """Every combination of representative values; None when there would be too many."""
+    """Every combination of representative values that a patient could have (see
+    `_window_links`); None when there would be too many."""
     keys = sorted(slots)
+    domains = _domains(keys, slots, thresholds, with_unknown)
+    if math.prod(len(d) for d in domains) > MAX_COMBINATIONS:
+        return None
+    links = _window_links(slots)
+    out = ({k: v for k, v in zip(keys, combo, strict=True) if v is not None}
+           for combo in itertools.product(*domains))
+    return [f for f in out if _consistent(f, links)] if links else list(out)
+
+
+def sampled_assignments(slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
+                        n: int = MAX_COMBINATIONS) -> list[dict[str, Any]]:
+    """`n` combinations drawn at random (fixed seed) when there are too many for all: the
+    checks then report what they saw, as a warning that says so."""
+    keys = sorted(slots)
+    domains = _domains(keys, slots, thresholds, False)
+    rng = random.Random(0)
+    links = _window_links(slots)
+    out = ({k: rng.choice(d) for k, d in zip(keys, domains, strict=True)} for _ in range(n))
+    return [f for f in out if _consistent(f, links)]
+
+
+def _domains(keys: list[str], slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
+             with_unknown: bool) -> list[list[Any]]:
+    # one element over several windows: each window's candidates include the others'
+    # thresholds, so that linked slots (`_window_links`) can take the same values
+    shared: dict[tuple[Any, ...], set[int]] = {}
+    for k in keys:
+        sl = slots[k]
+        shared.setdefault((sl.element, sl.mode, sl.active), set()).update(thresholds.get(k, []))
     domains: list[list[Any]] = []
     for k in keys:
-        dom: list[Any] = list(candidates(slots[k], thresholds.get(k, [])))
+        sl = slots[k]
+        dom: list[Any] = list(candidates(sl, sorted(shared[(sl.element, sl.mode, sl.active)])))
         if with_unknown:
             dom.append(None)
         domains.append(dom)
-    if math.prod(len(d) for d in domains) > MAX_COMBINATIONS:
-        return None
-    return [{k: v for k, v in zip(keys, combo, strict=True) if v is not None}
-            for combo in itertools.product(*domains)]
+    return domains
 
 
 def outcomes(node: Node, facts: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -326,6 +400,7 @@ class Linter:
     findings: list[RuleError] = field(default_factory=list)
     #: criterion id -> line of its first leaf with a finding (the likely cause of a constant)
     flagged: dict[str, int] = field(default_factory=dict)
+    _source_norm: str | None = None
 
     def add(self, p: Path, code: str, msg: str, severity: str = "warning",
             hint: str | None = None, criterion: str | None = None, key: bool = False,
@@ -348,15 +423,33 @@ class Linter:
             self.windows(c, p)
             self.constant(c, p, explained)
         self.conflicts()
+        self.site_ulns()
         from .authoring import example_findings  # examples live beside the criteria
         self.findings += example_findings(self.doc, self.trial)
         return sorted(set(self.findings))
+
+    # -- site ULNs ----------------------------------------------------------------------------
+    def site_ulns(self) -> None:
+        """A site ULN far from any laboratory's (creatinine 1.2 written in umol/L is 0.014
+        mg/dL): every result without its own range would be compared with it."""
+        for name, uln in self.trial.site_uln:
+            typical = _TYPICAL_ULN.get(name)
+            if typical is None or typical / 4 <= uln <= typical * 4:
+                continue
+            el = ELEMENTS[name]
+            self.add(("site_uln", name, "value"), "lint.site_uln_suspect",
+                     f"site ULN of {name} is {float(uln):.4g} {el.unit}, far from a usual upper "
+                     f"limit (about {float(typical):.4g} {el.unit}): is the unit right?",
+                     "error", hint="write the value and unit as the laboratory reports them; "
+                     "every result without its own range is compared with this one")
 
     # -- text ---------------------------------------------------------------------------------
     def text(self, c: Criterion, raw: Mapping[str, Any], p: Path) -> None:
         if self.source_text is None:
             return
-        src = _norm_text(self.source_text)
+        if self._source_norm is None:
+            self._source_norm = _norm_text(self.source_text)   # once per file, not per criterion
+        src = self._source_norm
         missing = [f for f in (_norm_text(x) for x in str(raw["text"]).split(";"))
                    if f and f not in src]
         if missing:
@@ -570,29 +663,35 @@ class Linter:
                                              "applies does nothing")
         if c.logic is None or "logic" in explained:
             return
-        facts = assignments(slots_in([c.logic]), thresholds_by_slot([c.logic]))
+        slots, ts = slots_in([c.logic]), thresholds_by_slot([c.logic])
+        facts = assignments(slots, ts)
+        sampled = facts is None
         if facts is None:
-            return
+            facts = sampled_assignments(slots, ts)
         seen = outcomes(c.logic, facts)
+        # too many combinations to try all: what a sample showed, as a warning
+        scope = (f" (seen in {len(facts):,} sampled combinations: too many to try all)"
+                 if sampled else "")
         if "T" not in seen:
             self.add(p + ("logic",), "lint.never_met",
                      f"{c.kind} {c.id!r} can never be met: its logic is false for every "
-                     "possible patient", "error", key=True, criterion=c.id,
+                     f"possible patient{scope}", "warning" if sampled else "error", key=True,
+                     criterion=c.id,
                      hint=because or "look for contradictory parts ('all' where 'any' was "
                                      "meant) or thresholds outside the element's range")
         elif "F" not in seen:
-            sev = "error" if c.kind == "exclusion" else "warning"
+            sev = "error" if c.kind == "exclusion" and not sampled else "warning"
             effect = ("every patient is excluded" if c.kind == "exclusion"
                       else "it never excludes anybody")
             self.add(p + ("logic",), "lint.always_met",
                      f"{c.kind} {c.id!r} is met by every patient whose data is known: "
-                     f"{effect}", sev, key=True, criterion=c.id,
+                     f"{effect}{scope}", sev, key=True, criterion=c.id,
                      hint=because or "look for parts that cover every value ('any' where "
                                      "'all' was meant)")
 
     def conflicts(self) -> None:
         """Two data-decided criteria that cannot both be in the patient's favour: nobody can
-        be eligible. Only pairs reading a common slot can conflict."""
+        be eligible. Only pairs reading a common element (over any windows) can conflict."""
         crits = [(i, c) for i, c in enumerate(self.trial.criteria) if c.logic is not None]
         alone_ok: dict[str, bool] = {}
         for _, c in crits:
@@ -603,17 +702,23 @@ class Linter:
             if not (alone_ok[a.id] and alone_ok[b.id]):
                 continue  # already reported as never met / always met
             na, nb = slots_in([a.logic, a.applies_if]), slots_in([b.logic, b.applies_if])
-            if not set(na) & set(nb):
-                continue
+            if not {(x.element, x.mode) for x in na.values()} \
+                    & {(x.element, x.mode) for x in nb.values()}:
+                continue   # no element in common (over any windows: see _window_links)
             nodes = [a.logic, a.applies_if, b.logic, b.applies_if]
             facts = assignments({**na, **nb}, thresholds_by_slot(nodes))
-            if facts is None or any(favourable(a, f) and favourable(b, f) for f in facts):
+            sampled = facts is None
+            if facts is None:
+                facts = sampled_assignments({**na, **nb}, thresholds_by_slot(nodes))
+            if any(favourable(a, f) and favourable(b, f) for f in facts):
                 continue
             line = self.doc.pos(("criteria", i))[0]
+            scope = (f" (seen in {len(facts):,} sampled combinations: too many to try all)"
+                     if sampled else "")
             self.add(("criteria", j, "logic"), "lint.no_one_eligible",
                      f"{b.kind} {b.id!r} and {a.kind} {a.id!r} (line {line}) cannot both be in "
-                     f"the patient's favour: no patient can be eligible",
-                     "error", key=True, criterion=b.id,
+                     f"the patient's favour: no patient can be eligible{scope}",
+                     "warning" if sampled else "error", key=True, criterion=b.id,
                      hint="an exclusion states what must NOT hold; check that it is not the "
                           "inclusion written again")
 
@@ -630,15 +735,25 @@ def _source(doc: Located) -> tuple[str | None, RuleError | None]:
     if not isinstance(src, str) or _URL.match(src):
         return None, None
     full = os.path.normpath(os.path.join(os.path.dirname(doc.path), src))
+    why = None
     try:
-        with open(full, encoding="utf-8", errors="replace") as fh:
-            return fh.read(), None
+        # a regular file of bounded size only: /dev/zero or a FIFO named here hung or ran
+        # `screener check` out of memory
+        st = os.stat(full)
+        if not stat.S_ISREG(st.st_mode):
+            why = "not a regular file"
+        elif st.st_size > MAX_SOURCE_BYTES:
+            why = f"larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB"
+        else:
+            with open(full, encoding="utf-8", errors="replace") as fh:
+                return fh.read(MAX_SOURCE_BYTES), None
     except OSError as e:
-        line, col = doc.pos(("source",))
-        return None, RuleError(doc.path, line, col, "lint.source_missing",
-                               f"source protocol file {src!r} cannot be read ({e.strerror}); "
-                               "criterion texts are not compared with it", "warning",
-                               hint="give the path relative to the rule file, or a URL")
+        why = e.strerror or "cannot be read"
+    line, col = doc.pos(("source",))
+    return None, RuleError(doc.path, line, col, "lint.source_missing",
+                           f"source protocol file {src!r} cannot be read ({why}); "
+                           "criterion texts are not compared with it", "warning",
+                           hint="give the path relative to the rule file, or a URL")
 
 
 def lint_document(doc: Located, trial: Trial) -> list[RuleError]:

@@ -12,6 +12,7 @@ differences from plain ``yaml.safe_load``:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ MAX_RULE_FILE_BYTES = 2 * 1024 * 1024
 #: small file expand without bound (the "billion laughs"), which ran `screener check` out of
 #: memory before this limit.
 MAX_VALUES = 200_000
+#: keys and indexes from the document root to a value (a criterion's logic nested 40 `all`s
+#: deep is about 85). Deeper documents made the schema validator recurse past Python's limit.
+MAX_DEPTH = 120
 
 
 @dataclass
@@ -54,21 +58,49 @@ class Located:
 
 
 class _LoadError(Exception):
-    def __init__(self, err: RuleError):
-        self.err = err
+    def __init__(self, err: RuleError | list[RuleError]):
+        self.errs = err if isinstance(err, list) else [err]
 
 
-def _scalar(node: yaml.ScalarNode) -> Any:
+#: the only number spellings taken: YAML 1.1 also reads 020 as octal 16, 1:30 as base-60 90,
+#: 0x10, 0b1010 and 1_000, which a rule author writing a threshold or a window does not mean
+_DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DECIMAL_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+
+
+#: tags whose scalars are kept as their text (dates stay strings; the schema checks them)
+_TEXT_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "timestamp", "value", "merge"))
+
+
+def _scalar(node: yaml.ScalarNode, path: str) -> Any:
     tag = node.tag
     if tag == "tag:yaml.org,2002:null":
         return None
     if tag == "tag:yaml.org,2002:bool":
         low = node.value.lower()
         return low == "true" if low in ("true", "false") else node.value
-    if tag == "tag:yaml.org,2002:int":
-        return yaml.SafeLoader.construct_yaml_int(_CONSTRUCTOR, node)
-    if tag == "tag:yaml.org,2002:float":
+    if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        text = node.value
+        is_int = tag.endswith("int")
+        if not (_DECIMAL_INT if is_int else _DECIMAL_FLOAT).fullmatch(text):
+            if node.style is None and re.fullmatch(r"[-+]?[0-9][0-9a-fA-FxXbB_:.]*", text):
+                msg = (f"write numbers in plain decimal: YAML 1.1 reads {text!r} as octal, "
+                       "hexadecimal, binary, base 60 or with '_' separators; quote it if it "
+                       "is text")
+            else:
+                msg = f"{text!r} is tagged as a number but is not one"
+            raise _LoadError(RuleError(path, node.start_mark.line + 1,
+                                       node.start_mark.column + 1, "yaml.number", msg))
+        if is_int:
+            return int(text)
         return yaml.SafeLoader.construct_yaml_float(_CONSTRUCTOR, node)
+    if tag not in _TEXT_TAGS:
+        raise _LoadError(RuleError(
+            path, node.start_mark.line + 1, node.start_mark.column + 1, "yaml.tag",
+            f"YAML tag {tag!r} is not supported" + (
+                " (an operator starting with '!' must be quoted: op: \"!=\")"
+                if tag == "!" or tag.startswith("!=") else "")))
     return node.value
 
 
@@ -79,6 +111,7 @@ def load_text(text: str, path: str) -> Located:
     """Parse YAML text. Raises `_LoadError` wrapped as a list of RuleError by `load`."""
     doc = Located(data=None, path=path, text=text)
     budget = MAX_VALUES
+    problems: list[RuleError] = []   # bad scalars: all of them are reported, not the first
 
     def build(node: yaml.Node, p: Path) -> Any:
         nonlocal budget
@@ -87,9 +120,16 @@ def load_text(text: str, path: str) -> Located:
             raise _LoadError(RuleError(path, node.start_mark.line + 1, node.start_mark.column + 1,
                                        "yaml.too_large", f"the document expands to more than "
                                        f"{MAX_VALUES:,} values (YAML aliases repeating a block?)"))
+        if len(p) > MAX_DEPTH:
+            raise _LoadError(RuleError(path, node.start_mark.line + 1, node.start_mark.column + 1,
+                                       "yaml.depth", f"nested more than {MAX_DEPTH} levels deep"))
         doc.values[p] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
-            return _scalar(node)
+            try:
+                return _scalar(node, path)
+            except _LoadError as e:
+                problems.extend(e.errs)
+                return None
         if isinstance(node, yaml.SequenceNode):
             return [build(child, p + (i,)) for i, child in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -128,6 +168,8 @@ def load_text(text: str, path: str) -> Located:
         raise _LoadError(RuleError(path, 1, 1, "yaml.documents",
                                    f"expected exactly one YAML document, found {len(nodes)}"))
     doc.data = build(nodes[0], ())
+    if problems:
+        raise _LoadError(problems)
     return doc
 
 
@@ -153,6 +195,6 @@ def loads(text: str, path: str = "<string>") -> tuple[Located | None, list[RuleE
     try:
         return load_text(text, path), []
     except _LoadError as e:
-        return None, [e.err]
+        return None, e.errs
     except RecursionError:
         return None, [RuleError(path, 1, 1, "yaml.depth", "document is nested too deeply")]

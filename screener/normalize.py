@@ -26,6 +26,7 @@ Decisions that matter clinically (each documented in docs/rules.md):
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -437,6 +438,13 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
         else:
             if complete:
                 lo = hi = _years_between(d, as_of)
+                if (d.month, d.day) == (2, 29) and (as_of.month, as_of.day) == (2, 28) \
+                        and not calendar.isleap(as_of.year):
+                    # born on 29 February, screened on 28 February of a common year: whether
+                    # the birthday has passed depends on the jurisdiction (28 Feb or 1 Mar)
+                    hi = lo + 1
+                    prep.age_missing = (f"age at as_of is {lo} or {hi} (born on 29 February: "
+                                        "the birthday is 28 February or 1 March by jurisdiction)")
             else:
                 # partial date: youngest if born at the end of the period, oldest at its start
                 last = date(d.year, 12, 31) if _year_only(raw) else _month_end(d)
@@ -1178,7 +1186,7 @@ def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
     lo, hi = prep.age
     ev["source"] = prep.age_source
     if lo != hi:
-        ev["missing"] = f"age at as_of is {lo} or {hi} (birth date is partial)"
+        ev["missing"] = prep.age_missing or f"age at as_of is {lo} or {hi} (birth date is partial)"
         return None
     ev["value"] = lo
     return encode_number(Fraction(lo))

@@ -8,6 +8,7 @@ All problems are collected (never only the first) as located `RuleError`s.
 from __future__ import annotations
 
 import hashlib
+import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
@@ -49,6 +50,25 @@ def scale_number(x: Any) -> int | None:
     if not d.is_finite() or d * SCALE != (d * SCALE).to_integral_value():
         return None
     return encode_number(Fraction(d))
+
+
+#: criterion ids that output columns use for other things
+RESERVED_IDS = frozenset({"status"})
+
+
+def number_problem(x: Any) -> str:
+    """Why `scale_number` refused a threshold, in the author's terms."""
+    if isinstance(x, str) and re.fullmatch(r"[-+]?[0-9]+[eE][-+]?[0-9]+", x.strip()):
+        return (f"got {x!r}, which YAML reads as text (an exponent needs a '.': 6.0e1), "
+                "or write it in plain decimal")
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        d = Decimal(str(x))
+        if not d.is_finite():
+            return f"got {x!r}, which is not finite"
+        if d * SCALE != (d * SCALE).to_integral_value():
+            return f"got {x!r}, which has more than 6 decimals"
+        return f"got {x!r}, which is out of range"
+    return f"got {x!r}"
 
 
 class _Parser:
@@ -119,6 +139,13 @@ class _Parser:
             self.err(p + ("within_days",), "rule.window_not_allowed",
                      f"{el.name!r} is computed at as_of and has no date window", criterion=cid)
             return None
+        if within is not None and el.kind == "exposure":
+            # the days of every course up to as_of are added up; a window would need courses
+            # cut at its start, which the normalizer does not do: refused, not ignored
+            self.err(p + ("within_days",), "rule.window_not_allowed",
+                     f"{el.name!r} counts the days of every course up to as_of; a date window "
+                     "on it is not supported", criterion=cid)
+            return None
         vp = p + ("value",)
         if has_uln:
             if not el.uln:
@@ -160,7 +187,7 @@ class _Parser:
                 if n is None:
                     self.err(at, "rule.value_type",
                              f"{el.name!r} is numeric ({el.unit or 'no unit'}); expected a number "
-                             f"with at most 6 decimals, got {v!r}", criterion=cid)
+                             f"with at most 6 decimals: {number_problem(v)}", criterion=cid)
                     return None
                 out.append(n)
             elif el.kind == "boolean":
@@ -203,6 +230,13 @@ class _Parser:
                          criterion=cid)
                 continue
             first_seen[cid] = self.doc.pos(p + ("id",))[0]
+            if cid in RESERVED_IDS:
+                # batch outputs name a trial's status column "<trial>:status" beside the
+                # criteria's "<trial>:<id>": a criterion called status would overwrite it
+                self.err(p + ("id",), "rule.reserved_id",
+                         f"criterion id {cid!r} is reserved (the trial's own status in batch "
+                         "outputs); choose another", criterion=cid)
+                continue
             manual = bool(c.get("manual", False))
             if manual == ("logic" in c):
                 self.err(p, "rule.logic_or_manual",
@@ -226,10 +260,15 @@ class _Parser:
             el = ELEMENTS[name]
             factor = el.units.get(normalise_unit(spec["unit"]))
             n = scale_number(spec["value"])
-            if factor is None or n is None:
+            if factor is None:
                 self.err(("site_uln", name, "unit"), "rule.unit",
                          f"unknown unit {spec['unit']!r} for {name!r} "
                          f"(known: {', '.join(sorted(el.units))})")
+                continue
+            if n is None or n <= 0:
+                self.err(("site_uln", name, "value"), "rule.number",
+                         f"site ULN of {name!r} must be a positive number with at most 6 "
+                         f"decimals: {number_problem(spec['value'])}")
                 continue
             site_uln.append((name, Fraction(Decimal(str(spec["value"]))) * factor))
         if self.errors:

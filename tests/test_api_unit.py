@@ -695,3 +695,22 @@ def test_cds_card_detail_keeps_record_text_inert(client: TestClient) -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in details   # the text is shown ...
     assert "<img" not in details and "[x](" not in details      # ... and stays text
     assert "http://evil" not in details and "http:\\/\\/evil.example" in details
+
+
+def test_cds_card_keeps_a_rule_files_version_inert(tmp_path: Path) -> None:
+    """The card heading quotes the trial's version from the rule file: markdown in it stays
+    text (a rule file is edited by people; the card is rendered in the EHR)."""
+    import re
+    src = (ROOT / "rules" / "NCT06111625.yaml").read_text()
+    src, n = re.subn(r"(?m)^version: .*$", 'version: "1 [x](javascript:alert(1)) <b>"', src,
+                     count=1)
+    assert n == 1
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "NCT06111625.yaml").write_text(src)
+    with TestClient(create_app(make(rules=(str(rules),)))) as c:
+        r = c.post("/cds-services/trial-screening", headers=AUTH, json=_hook(PREFETCH))
+    assert r.status_code == 200, r.text
+    detail = r.json()["cards"][0]["detail"]
+    assert "[x](" not in detail and "<b>" not in detail, detail[:300]
+    assert "&lt;b&gt;" in detail

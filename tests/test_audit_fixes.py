@@ -444,3 +444,39 @@ def test_documented_absences_are_read_once_per_element_not_per_record(
     assert "missing" not in facts.evidence[next(k for k in facts.evidence
                                                 if facts.evidence[k]["element"] == "b_all")]
     assert Counting.reads <= 2
+
+
+# --- 2026-11-23 (fifth session) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("element, criterion, value", [
+    ("lvef", "inc_lvef", 0.55),            # a fraction written with "%": 55 %, not 0.55 %
+    ("lvef", "inc_lvef", 0.6),
+    ("fev1_pct_pred", "inc_pulmonary", 0.8),
+    ("dlco_pct_pred", "inc_pulmonary", 0.7),
+])
+def test_a_fraction_written_as_a_percentage_is_implausible(
+        screener: Screener, element: str, criterion: str, value: float) -> None:
+    obs = {"element": element, "value": value, "unit": "%", "date": "2026-11-01"}
+    v = verdict(screener, {"observations": [obs]}, criterion)
+    assert v["verdict"] == "unknown", v      # before: not_met (LVEF 0.55 % < 50 %)
+    report = screener.screen(T1, {"observations": [obs]}, AS_OF)
+    assert any(i["code"] == "implausible" for i in report["data_issues"]), report["data_issues"]
+
+
+def test_a_low_but_possible_lvef_still_decides(screener: Screener) -> None:
+    obs = {"element": "lvef", "value": 15, "unit": "%", "date": "2026-11-01"}
+    assert verdict(screener, {"observations": [obs]}, "inc_lvef")["verdict"] == "not_met"
+
+
+@pytest.mark.parametrize("as_of, verdict_", [
+    (date(2026, 2, 28), "unknown"),    # 18 on 28 Feb or on 1 Mar, by jurisdiction
+    (date(2026, 3, 1), "met"),
+    (date(2026, 2, 27), "not_met"),
+    (date(2028, 2, 28), "met"),        # a leap year: 19, the birthday is the next day
+])
+def test_a_leap_day_birthday_on_28_february_is_not_guessed(
+        screener: Screener, as_of: date, verdict_: str) -> None:
+    v = verdict(screener, {"birth_date": "2008-02-29"}, "inc_age", as_of=as_of)
+    assert v["verdict"] == verdict_, v
+    if verdict_ == "unknown":
+        assert "29 February" in v["missing"][0]["reason"], v

@@ -376,7 +376,10 @@ def test_report_without_and_order(clean_small: Path) -> None:
     code, text, _ = _report([str(clean_small), "--order", "NCT06111625:exc_cns_leukemia"])
     assert code == 0
     assert "attrition funnel (what-if order: NCT06111625:exc_cns_leukemia first" in text
-    assert "attrition funnel (protocol order" not in text
+    # ... for the trial it concerns only: the other trial's funnel is in protocol order
+    other = text[text.index("NCT06930105 v"):]
+    other = other[:other.index("NCT06111625 v")] if "NCT06111625 v" in other else other
+    assert "attrition funnel (protocol order" in other and "what-if order" not in other
     assert funnel[0]["entering"] == len(rows)
     assert funnel[0]["failed"] == sum(r[f"{tid}:exc_cns_leukemia"] == "met" for r in rows)
     # the other trial has no such criterion and is unchanged
@@ -632,3 +635,56 @@ def test_json_documents_are_read_whole(small: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "manifest.json").exists()
     assert batch.json_layout(str(one)) == "document"
     assert batch.json_layout(str(lines)) == "ndjson"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--order", "exc_cns_leukemia", "--without", "exc_cns_leukemia"], "both left out"),
+    (["--without", "inc_age", "--without", "inc_age"], "given twice to --without"),
+    (["--order", "inc_age,inc_age"], "twice"),
+])
+def test_report_refuses_contradictory_what_if(clean_small: Path, args: list[str],
+                                              fragment: str) -> None:
+    code, text, err = _report([str(clean_small), *args])
+    assert code != 0 and fragment in err, (code, err)
+
+
+def test_report_refuses_to_leave_out_every_criterion(clean_small: Path) -> None:
+    summary = json.loads((clean_small / "summary.json").read_text())
+    trial = next(t for t in summary["trials"] if t["id"] == "NCT06111625")
+    args = [a for c in trial["criteria"] for a in ("--without", f"NCT06111625:{c['id']}")]
+    code, _, err = _report([str(clean_small), *args])
+    assert code != 0 and "leaves no criterion of NCT06111625" in err, err
+
+
+def test_csv_matrix_keeps_ids_that_look_like_nulls(tmp_path: Path) -> None:
+    """pyarrow reads NA, null, nan, N/A as null by default: they are patient ids here."""
+    ids = ["NA", "NA", "null", "nan", "N/A", ""]
+    src = tmp_path / "ids.ndjson"
+    src.write_text("".join(json.dumps({"id": i, "age": 40}) + "\n" for i in ids))
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / fmt
+        summary, _ = run_batch(_opts([str(src)], out, fmt=fmt), io.StringIO())
+        assert [r["patient_id"] for r in _rows(out, fmt)] == ids, fmt
+        assert summary["patient_ids"]["duplicated_ids"] == 1, fmt    # NA twice
+
+
+def test_an_engine_refusal_is_not_counted_as_an_unscreened_record(
+        small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = Screener.fired_many
+
+    def fired_many(self: Screener, tid: str, facts: Any) -> Any:
+        res = orig(self, tid, facts)
+        if tid == "NCT06111625" and res:
+            res[0] = {"__rejected__"}
+        return res
+
+    monkeypatch.setattr(Screener, "fired_many", fired_many)
+    src = tmp_path / "six.ndjson"
+    src.write_text("".join(small.read_text().splitlines(keepends=True)[:6]))
+    summary, _ = run_batch(_opts([str(src)], tmp_path / "out"), io.StringIO())
+    assert summary["records"]["total"] == 6 and summary["records"]["not_screened"] == 0
+    t = next(t for t in summary["trials"] if t["id"] == "NCT06111625")
+    assert t["engine_errors"] == 1
+    errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in errors if e.get("code") == "engine_rejected"] == ["engine"]
+    assert "refused by the rule engine" in (tmp_path / "out" / "report.html").read_text()

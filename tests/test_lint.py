@@ -80,7 +80,7 @@ def test_enumeration_agrees_with_random_sampling() -> None:
     rng = random.Random(7)
     span = Span("t.yaml", 1, 1)
     for _ in range(300):
-        el, lo, hi = rng.choice([("lvef", 0, 100), ("hct_ci", 0, 30), ("age", 0, 130)])
+        el, lo, hi = rng.choice([("lvef", 5, 100), ("hct_ci", 0, 30), ("age", 0, 130)])
         slot = Slot((el,), "value")
         op = rng.choice(["<", "<=", ">", ">=", "==", "!="])
         t = num(str(rng.randint(lo - 5, hi + 5)))
@@ -320,3 +320,29 @@ def test_lint_never_crashes_on_random_valid_rules() -> None:
             assert 1 <= f.line <= n_lines and f.code.startswith("lint."), f
         linted += 1
     assert linted >= 40
+
+
+@pytest.mark.parametrize("inc, exc, conflict", [
+    # the newest ECOG within 30 days is the newest ECOG: nobody passes both
+    ('{fact: ecog, op: "<=", value: 2, within_days: 30}', '{fact: ecog, op: "<=", value: 2}',
+     True),
+    ('{fact: ecog, op: "<=", value: 2, within_days: 30}',
+     '{fact: ecog, op: "<=", value: 2, within_days: 90}', True),
+    # satisfiable over two windows: no finding
+    ('{fact: ecog, op: "<=", value: 2, within_days: 30}', '{fact: ecog, op: ">", value: 3}',
+     False),
+    # an old positive BCR-ABL1 sticks in the longer window only: a negative within 30 days
+    # and no positive ever is possible
+    ('{fact: bcr_abl1, op: "==", value: negative, within_days: 30}',
+     '{fact: bcr_abl1, op: "==", value: positive}', False),
+    # a positive within 30 days is a positive ever
+    ('{fact: bcr_abl1, op: "==", value: positive, within_days: 30}',
+     '{fact: bcr_abl1, op: "==", value: positive}', True),
+    # no DVT within 90 days, none ever: possible
+    ('{not: {condition: dvt, within_days: 90}}', '{condition: dvt}', False),
+    # a DVT within 90 days is a DVT ever
+    ('{condition: dvt, within_days: 90}', '{condition: dvt}', True),
+])
+def test_one_element_over_two_windows_is_linked(inc: str, exc: str, conflict: bool) -> None:
+    found = lint_text(crit(inc, cid="inc_a") + crit(exc, "exclusion", cid="exc_b"))
+    assert any(f.startswith("lint.no_one_eligible@") for f in found) == conflict, found
