@@ -78,6 +78,15 @@ _SCORE = {"{score}": _ONE, "score": _ONE, "": _ONE, "1": _ONE}
 _ENZYME = {"u/l": _ONE, "iu/l": _ONE, "[iu]/l": _ONE, "units/l": _ONE, "unit/l": _ONE,
            "ukat/l": _f("60"), "µkat/l": _f("60")}
 _POSNEG = ("positive", "negative", "indeterminate")
+#: other spellings of coded values in patient data (and the did-you-mean of rule values)
+VALUE_SYNONYMS = {
+    "pos": "positive", "+": "positive", "reactive": "positive", "present": "positive",
+    "neg": "negative", "-": "negative", "nonreactive": "negative", "non-reactive": "negative",
+    "non_reactive": "negative", "absent": "negative",
+    "not detected": "not_detected", "undetected": "not_detected", "notdetected": "not_detected",
+    "m": "male", "f": "female",
+}
+
 _DETECT = ("detected", "not_detected")
 
 ELEMENTS: dict[str, Element] = {e.name: e for e in [

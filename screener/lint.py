@@ -92,6 +92,8 @@ CODES: dict[str, str] = {
     "lint.x_uln_large": "a multiple of the ULN too large to be meant as one",
     "lint.site_uln_suspect": "a site ULN more than 4x from a usual one (wrong unit?)",
     "lint.window_zero": "within_days: 0 (only data dated on as_of itself)",
+    "lint.kind_vs_id": "an id that reads as the other kind (exc_... marked inclusion)",
+    "lint.excludes_absence": "an exclusion met when a condition is absent",
     "lint.window_mismatch": "one data element read with different windows in one criterion",
     "lint.duplicate_condition": "the same test twice in one all / any",
     "lint.applies_always": "an applies_if that is never false",
@@ -414,6 +416,7 @@ class Linter:
         for i, c in enumerate(self.trial.criteria):
             p: Path = ("criteria", i)
             self.text(c, raw[i], p)
+            self.shape(c, p)
             self.policy(c, p)
             explained = set()
             for name in ("logic", "applies_if"):
@@ -462,6 +465,23 @@ class Linter:
                      criterion=c.id)
 
     # -- missing-data policy ------------------------------------------------------------------
+    def shape(self, c: Criterion, p: Path) -> None:
+        """An id that names the other kind, and an exclusion of an absence."""
+        prefix = c.id.split("_", 1)[0]
+        other = {"inc": "exclusion", "incl": "exclusion", "exc": "inclusion",
+                 "excl": "inclusion"}.get(prefix)
+        if other == c.kind:
+            self.add(p + ("kind",), "lint.kind_vs_id",
+                     f"criterion {c.id!r} is an {c.kind}, but its id reads as the other kind",
+                     criterion=c.id, hint="check 'kind' (an exclusion met makes the patient "
+                                          "ineligible) or rename the id")
+        if c.kind == "exclusion" and isinstance(c.logic, Not) \
+                and isinstance(c.logic.part, Present):
+            self.add(p + ("logic",), "lint.excludes_absence",
+                     f"exclusion {c.id!r} is met when {c.logic.part.slot.element[0]} is "
+                     "ABSENT: every patient without it is excluded", key=True, criterion=c.id,
+                     hint="an exclusion states what must not be present: drop the 'not'")
+
     def policy(self, c: Criterion, p: Path) -> None:
         if c.on_unknown is None:
             return
@@ -490,6 +510,11 @@ class Linter:
         for node, p in _walk(root, base):
             if isinstance(node, Compare):
                 self.leaf(c, node, p)
+            elif isinstance(node, Present) and node.slot.within_days == 0:
+                self.add(p + ("within_days",), "lint.window_zero",
+                         "within_days: 0 counts only what is dated on as_of itself",
+                         hint="give the protocol's window (e.g. 90) or drop within_days for no "
+                              "limit", criterion=c.id)
             elif isinstance(node, (All, Any_)):
                 explained |= self.siblings(c, node, p)
         return explained
@@ -547,6 +572,17 @@ class Linter:
                       + (f"; thresholds are in {unit} (docs/data-elements.md)" if unit else ""))
 
     def unit(self, c: Criterion, leaf: Compare, el: Element, p: Path) -> bool:
+        if el.unit == "%" and leaf.slot.mode == "value":
+            for i, v in enumerate(leaf.values):
+                x = decode_number(int(v))
+                if 0 < x < 1:
+                    at = p + ("value", i) if len(leaf.values) > 1 else p + ("value",)
+                    self.add(at, "lint.unit_suspect",
+                             f"{el.name} threshold {fmt_number(x)} % is below 1 %: it looks like "
+                             f"a fraction (= {fmt_number(x * 100)} %)", criterion=c.id,
+                             hint="'value' thresholds of this element are in %: 5 % is 5, "
+                                  "not 0.05")
+                    return True
         band = TYPICAL_THRESHOLDS.get(el.name)
         if band is None or leaf.op in ("==", "!="):
             return False

@@ -162,8 +162,14 @@ def load_text(text: str, path: str) -> Located:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise _LoadError(RuleError(path, line, col, "yaml.syntax",
                                    f"{e.problem or e.context or 'invalid YAML'}")) from None
-    except yaml.YAMLError as e:  # reader errors (bad bytes) carry no problem_mark
-        raise _LoadError(RuleError(path, 1, 1, "yaml.syntax", str(e).splitlines()[0])) from None
+    except yaml.YAMLError as e:  # reader errors (bad characters) carry a position instead
+        pos = getattr(e, "position", None)
+        line, col = 1, 1
+        if isinstance(pos, int) and 0 <= pos <= len(text):
+            line = text.count("\n", 0, pos) + 1
+            col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        raise _LoadError(RuleError(path, line, col, "yaml.syntax",
+                                   str(e).splitlines()[0])) from None
     if len(nodes) != 1:
         raise _LoadError(RuleError(path, 1, 1, "yaml.documents",
                                    f"expected exactly one YAML document, found {len(nodes)}"))

@@ -44,6 +44,7 @@ from .elements import (
     LOINC,
     PROJECT,
     SNOMED,
+    VALUE_SYNONYMS,
     Element,
     by_loinc,
     condition_broader,
@@ -64,13 +65,7 @@ _NEVER = {"refuted", "entered-in-error"}
 _DOUBTFUL = {"provisional", "differential", "unconfirmed"}
 _UNINFORMATIVE = {"unknown", "indeterminate", "equivocal", "inconclusive", "borderline",
                   "not_tested", "unk"}
-_SYNONYMS = {
-    "pos": "positive", "+": "positive", "reactive": "positive", "present": "positive",
-    "neg": "negative", "-": "negative", "nonreactive": "negative", "non-reactive": "negative",
-    "non_reactive": "negative", "absent": "negative",
-    "not detected": "not_detected", "undetected": "not_detected", "notdetected": "not_detected",
-    "m": "male", "f": "female",
-}
+_SYNONYMS = VALUE_SYNONYMS
 _BOUNDS: dict[str, tuple[Fraction | None, Fraction | None]] = {
     n: ((Fraction(str(e.plausible[0])), Fraction(str(e.plausible[1]))) if e.plausible
         else (None, None)) for n, e in ELEMENTS.items()}

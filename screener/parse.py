@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from .elements import ELEMENTS, Element, normalise_unit
+from .elements import ELEMENTS, VALUE_SYNONYMS, Element, normalise_unit
 from .errors import RuleError, did_you_mean
 from .ir import (
     SCALE,
@@ -71,6 +71,19 @@ def number_problem(x: Any) -> str:
     return f"got {x!r}"
 
 
+def _value_suggestion(v: Any, el: Element) -> str | None:
+    """Did-you-mean for a coded value: the spellings patient data may use ('pos'), and
+    positive / negative for detected / not detected, before plain spelling."""
+    word = " ".join(str(v).strip().lower().split())
+    word = VALUE_SYNONYMS.get(word, word)
+    word = {"positive": "detected", "negative": "not_detected"}.get(word, word) \
+        if "detected" in el.values else word
+    if word in el.values:
+        return word
+    starts = [x for x in el.values if len(word) >= 3 and x.startswith(word)]
+    return starts[0] if len(starts) == 1 else did_you_mean(str(v), el.values)
+
+
 class _Parser:
     def __init__(self, doc: Located):
         self.doc = doc
@@ -99,9 +112,13 @@ class _Parser:
                    "condition": {"condition", "within_days", "active"}}[shape]
         bad = sorted(set(raw) - allowed)
         for key in bad:
+            elsewhere = "condition" if key == "active" else "fact" if key in (
+                "op", "value", "x_uln") else None
             self.err(p + (key,), "rule.field_not_allowed",
-                     f"{key!r} cannot be used in a {shape!r} node", key=True, criterion=cid,
-                     suggestion=did_you_mean(key, allowed))
+                     f"{key!r} cannot be used in a {shape!r} node"
+                     + (f" (it belongs to a {elsewhere!r} node)" if elsewhere else ""),
+                     key=True, criterion=cid,
+                     suggestion=None if elsewhere else did_you_mean(key, allowed))
         if bad:
             return None
         if shape in ("all", "any"):
@@ -180,6 +197,7 @@ class _Parser:
         slot = Slot((el.name,), mode, within)
         numeric = el.kind in ("quantity", "derived", "exposure")
         out: list[SlotValue] = []
+        ok = True   # every bad value of a list is reported, not only the first
         for i, v in enumerate(values):
             at = vp + (i,) if multi else vp
             if numeric:
@@ -188,21 +206,31 @@ class _Parser:
                     self.err(at, "rule.value_type",
                              f"{el.name!r} is numeric ({el.unit or 'no unit'}); expected a number "
                              f"with at most 6 decimals: {number_problem(v)}", criterion=cid)
-                    return None
-                out.append(n)
+                    ok = False
+                    continue
+                code: SlotValue = n
             elif el.kind == "boolean":
                 if not isinstance(v, bool):
                     self.err(at, "rule.value_type",
                              f"{el.name!r} is true/false, got {v!r}", criterion=cid)
-                    return None
-                out.append("true" if v else "false")
+                    ok = False
+                    continue
+                code = "true" if v else "false"
             else:
                 if not isinstance(v, str) or v not in el.values:
                     self.err(at, "rule.unknown_value",
                              f"{v!r} is not a value of {el.name!r} ({', '.join(el.values)})",
-                             criterion=cid, suggestion=did_you_mean(str(v), el.values))
-                    return None
-                out.append(v)
+                             criterion=cid, suggestion=_value_suggestion(v, el))
+                    ok = False
+                    continue
+                code = v
+            if op in ("in", "not_in") and code in out:
+                self.err(at, "rule.duplicate_value", f"{v!r} is listed twice", criterion=cid)
+                ok = False
+                continue
+            out.append(code)
+        if not ok:
+            return None
         if not numeric and op in _ORDER_OPS + ("between",):
             self.err(p + ("op",), "rule.op_type",
                      f"{el.name!r} is {el.kind}; use ==, !=, in or not_in, not {op!r}",

@@ -72,22 +72,37 @@ def _convert(doc: Located, e: jsonschema.ValidationError) -> list[RuleError]:
         # long lists (element names) are not spelled out: the suggestion and the docs are
         # more useful, and the message stays stable when the catalogue grows
         shown = ", ".join(allowed) if len(allowed) <= 12 else "see docs/data-elements.md"
+        blank_op = e.instance == "" and path and path[-1] == "op"
         return [RuleError(doc.path, line, col, "schema.enum",
-                          f"{e.instance!r} is not an allowed value{where} ({shown})",
+                          f"{e.instance!r} is not an allowed value{where} ({shown})"
+                          + ("; an unquoted '>' starts a YAML block: quote operators, "
+                             "op: \">\"" if blank_op else ""),
                           suggestion=_suggest(str(e.instance), allowed))]
     if kw == "type":
         expected = e.validator_value
         exp = " or ".join(expected) if isinstance(expected, list) else expected
         return [RuleError(doc.path, line, col, "schema.type",
-                          f"expected {exp}, got {_json_type(e.instance)} {_short(e.instance)}")]
+                          f"expected {exp}, got {_json_type(e.instance)}"
+                          + ("" if e.instance is None else f" {_short(e.instance)}"))]
     if kw == "propertyNames":
         return [RuleError(doc.path, line, col, "schema.enum", e.message)]
     return [RuleError(doc.path, line, col, f"schema.{kw}", _short_message(e.message))]
 
 
+#: how operators are also written (maths, SQL, other rule languages) -> ours
+_OP_SYNONYMS = {"=": "==", "eq": "==", "equals": "==", "is": "==", "≠": "!=", "<>": "!=",
+                "ne": "!=", "neq": "!=", "≤": "<=", "=<": "<=", "le": "<=", "lte": "<=",
+                "≥": ">=", "=>": ">=", "ge": ">=", "gte": ">=", "lt": "<", "gt": ">",
+                "in_set": "in", "not in": "not_in", "notin": "not_in", "range": "between"}
+
+
 def _suggest(word: str, allowed: list[str]) -> str | None:
     """Did-you-mean for an enum miss. For data element names, the element's own label is a
     better guide than spelling: 'deep_vein_thrombosis' is 'dvt', not 'arterial_thrombosis'."""
+    if "==" in allowed and "<=" in allowed:   # the operator list
+        syn = _OP_SYNONYMS.get(word.strip().lower())
+        if syn in allowed:
+            return syn
     spoken = " ".join(word.lower().replace("_", " ").split())
     if len(spoken) >= 4:
         hits = [n for n in allowed if n in ELEMENTS and spoken in ELEMENTS[n].label.lower()]
