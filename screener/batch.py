@@ -1433,10 +1433,14 @@ def _funnel_csv(s: dict[str, Any]) -> str:
 
 
 def _blocked_csv(s: dict[str, Any]) -> str:
-    rows: list[list[Any]] = [["trial", "missing_element", "patients"]]
+    # the patients of a row wait for that one element *and* for the investigator's
+    # attestation of the trial's manual criteria (listed, so that the flat file says so too)
+    rows: list[list[Any]] = [["trial", "missing_element", "patients",
+                              "manual_criteria_also_pending"]]
     for t in s["trials"]:
+        manual = " ".join(c["id"] for c in t["criteria"] if c["manual"] and not c["excluded"])
         for b in t["blocked_only_by"]:
-            rows.append([t["id"], b["element"], b["patients"]])
+            rows.append([t["id"], b["element"], b["patients"], manual])
     return _csv_text(rows)
 
 

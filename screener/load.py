@@ -140,7 +140,7 @@ def load_text(text: str, path: str) -> Located:
                                                knode.start_mark.column + 1, "yaml.key_type",
                                                "mapping keys must be plain strings"))
                 key = str(knode.value)
-                if key == "<<":
+                if key == "<<" and knode.tag == "tag:yaml.org,2002:merge":   # quoted: a key
                     raise _LoadError(RuleError(path, knode.start_mark.line + 1,
                                                knode.start_mark.column + 1, "yaml.merge_key",
                                                "YAML merge keys ('<<') are not supported"))

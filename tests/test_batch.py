@@ -688,3 +688,13 @@ def test_an_engine_refusal_is_not_counted_as_an_unscreened_record(
     errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in errors if e.get("code") == "engine_rejected"] == ["engine"]
     assert "refused by the rule engine" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_blocked_csv_says_which_attestations_are_still_pending(clean_small: Path) -> None:
+    import csv
+    rows = list(csv.DictReader(io.StringIO((clean_small / "blocked.csv").read_text())))
+    assert rows, "the synthetic registry has patients blocked by one element"
+    for r in rows:
+        if r["trial"] == "NCT06111625":
+            assert set(r["manual_criteria_also_pending"].split()) == {
+                "inc_disease_records", "exc_organ_dysfunction_other"}, r
