@@ -525,6 +525,7 @@ class Input:
 
 def classify_inputs(paths: Sequence[str], mapping: str | None) -> list[Input]:
     out: list[Input] = []
+    seen: dict[str, str] = {}   # real path (file, or a registry's folder) -> as given
     for p in paths:
         low = p.lower()
         if low.endswith(NDJSON_SUFFIXES) or p == "-":
@@ -537,11 +538,24 @@ def classify_inputs(paths: Sequence[str], mapping: str | None) -> list[Input]:
             if low.endswith(JSON_SUFFIXES) and json_layout(p) == "document":
                 kind = "json"
                 len(read_json_document(p))  # refused here, before anything is written
+            real = os.path.realpath(p)
+            if real in seen:
+                raise BatchError(f"input {p} is given twice (as {seen[real]}): its patients "
+                                 "would be screened and counted twice")
+            seen[real] = p
             out.append(Input(len(out), kind, p))
         elif mapping is not None:
             if not os.path.exists(p):
                 raise BatchError(f"input {p}: no such file or directory")
             base = p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+            real = os.path.realpath(base)
+            if real in seen:
+                # the mapping names every table of a registry: each input that is one of its
+                # files (or its folder) reads the whole registry again
+                raise BatchError(f"inputs {seen[real]} and {p} are tables of one registry "
+                                 f"(folder {base}): give the folder (or one of its files) "
+                                 "once; the mapping names all its tables")
+            seen[real] = p
             out.append(Input(len(out), "table", p, base))
         else:
             raise BatchError(f"input {p}: NDJSON inputs end in .ndjson / .jsonl (.gz); "

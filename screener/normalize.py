@@ -55,6 +55,8 @@ from .errors import DataIssue, PatientDataError, cut, did_you_mean, short_repr
 from .ir import Slot, Trial, encode_number, per_object, slots_of
 
 MAX_ENTRIES = 50_000
+#: how an adapter marks a value it could not read, followed by the reason
+UNREADABLE_PREFIX = "unreadable:"
 _LOINC = by_loinc()
 _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _DATE = re.compile(r"^(\d{4})(-(\d{2})(-(\d{2}))?)?")
@@ -62,6 +64,8 @@ _OK_STATUS = {"final", "amended", "corrected", "appended"}
 _ACTIVE = {"active", "recurrence", "relapse"}
 _ENDED = {"inactive", "remission", "resolved"}
 _NEVER = {"refuted", "entered-in-error"}
+#: `onset_from` values saying the onset given is only a latest date: it began then or before
+_ONSET_UPPER_BOUNDS = ("recordedDate", "on_or_before")
 _DOUBTFUL = {"provisional", "differential", "unconfirmed"}
 _UNINFORMATIVE = {"unknown", "indeterminate", "equivocal", "inconclusive", "borderline",
                   "not_tested", "unk"}
@@ -774,6 +778,11 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
 
     n = parse_number(raw)
     if n is None:
+        if isinstance(raw, str) and raw.startswith(UNREADABLE_PREFIX):
+            # an adapter's stand-in for a result it could not read (FHIR: a result from an
+            # incomplete search page, a value it cannot map): its own words say why
+            return bad("value", f"{el.name}: {cut(raw[len(UNREADABLE_PREFIX):].strip(), 200)}",
+                       ".value")
         return bad("value", f"{el.name} needs a finite number, got {short_repr(raw)}", ".value")
     unit = normalise_unit(unit_raw if isinstance(unit_raw, str) else None)
     factor = el.units.get(unit)
@@ -918,7 +927,7 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
     if later:
         return
     onset_last = _period_end(item.get("onset"), onset)
-    if onset is not None and item.get("onset_from") == "recordedDate":
+    if onset is not None and item.get("onset_from") in _ONSET_UPPER_BOUNDS:
         # only the date it was recorded: it began on that day or at any time before
         onset, onset_last = None, onset
     abatement = abatement_last = None

@@ -698,3 +698,17 @@ def test_blocked_csv_says_which_attestations_are_still_pending(clean_small: Path
         if r["trial"] == "NCT06111625":
             assert set(r["manual_criteria_also_pending"].split()) == {
                 "inc_disease_records", "exc_organ_dysfunction_other"}, r
+
+
+def test_an_input_given_twice_is_refused(small: Path, tmp_path: Path) -> None:
+    with pytest.raises(BatchError, match="given twice"):
+        batch.classify_inputs([str(small), str(small)], None)
+    d = tmp_path / "reg"
+    d.mkdir()
+    (d / "p.csv").write_text("pid,dob\n1,1980-01-01\n")
+    (d / "labs.csv").write_text("pid,code,value\n")
+    m = d / "m.yaml"
+    m.write_text("x: 1\n")
+    with pytest.raises(BatchError, match="tables of one registry"):
+        batch.classify_inputs([str(d / "p.csv"), str(d / "labs.csv")], str(m))
+    assert len(batch.classify_inputs([str(d)], str(m))) == 1

@@ -372,6 +372,12 @@ def test_newest_result_of_an_incomplete_search_does_not_decide(screener: Screene
     page["link"] = [{"relation": "next", "url": "https://ehr.example/fhir/Observation?p=2"}]
     assert verdict(screener, [PATIENT, B_ALL, page], "exc_leukemia_burden",
                    "NCT06111625") == "unknown"
+    # the reason says why, not "needs a finite number, got 'unreadable: ...'"
+    patient, _ = bundle_to_patient([PATIENT, B_ALL, page])
+    report = screener.screen("NCT06111625", patient, as_of=AS_OF)
+    c = next(c for c in report["criteria"] if c["id"] == "exc_leukemia_burden")
+    reasons = " ".join(m["reason"] for m in c["missing"])
+    assert "search result incomplete" in reasons and "finite number" not in reasons, reasons
 
 
 def test_blinatumomab_days_of_an_incomplete_search_are_unknown(screener: Screener) -> None:
@@ -474,3 +480,28 @@ def test_a_long_dated_hasmember_chain_is_walked_once() -> None:
     finally:
         fhir._observation_resolver = real  # type: ignore[assignment]
     assert calls <= 2 * n, calls
+
+
+def test_a_report_dated_only_by_its_period_end_dates_its_results(screener: Screener) -> None:
+    """Found by the differential test (FHIR vs canonical): a DiagnosticReport with only
+    effectivePeriod.end left its undated results undated (unknown)."""
+    ecog = {"resourceType": "Observation", "id": "ecog1", "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "89247-1"}]},
+            "valueInteger": 1}
+    report = {"resourceType": "DiagnosticReport", "id": "r1", "status": "final",
+              "subject": {"reference": "Patient/p1"},
+              "code": {"text": "clinic visit"},
+              "effectivePeriod": {"end": "2026-11-10"}, "result": [{"reference": "#ecog1"}],
+              "contained": [ecog]}
+    assert verdict(screener, [PATIENT, B_ALL, report], "inc_ecog") == "met"
+
+
+def test_an_onset_period_with_only_an_end_bounds_the_onset() -> None:
+    mi = {"resourceType": "Condition", "id": "mi", "subject": {"reference": "Patient/p1"},
+          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "22298006"}]},
+          "clinicalStatus": {"coding": [{"code": "resolved"}]},
+          "onsetPeriod": {"end": "2020-03-01"}}
+    patient, _ = bundle_to_patient([PATIENT, mi])
+    cond = next(c for c in patient["conditions"] if c.get("element") == "myocardial_infarction")
+    assert cond["onset"] == "2020-03-01" and cond["onset_from"] == "on_or_before"

@@ -1080,7 +1080,10 @@ def _obs_date(run: _Run, res: JsonDict, loc: str) -> str | None:
 
 
 def _report_date(run: _Run, res: JsonDict, loc: str) -> str | None:
-    d = run.date(res, "effectiveDateTime", loc) or run.period(res, "effectivePeriod", loc)[0]
+    d = run.date(res, "effectiveDateTime", loc)
+    if d is None:   # as for an Observation: a period's start, else its end
+        start, end = run.period(res, "effectivePeriod", loc)
+        d = start or end
     return d or run.date(res, "issued", loc)
 
 
@@ -1426,7 +1429,13 @@ def _doubt_condition(run: _Run, r: _Res, verification: str | None) -> str | None
 def _onset(run: _Run, res: JsonDict, loc: str, out: JsonDict) -> None:
     onset = run.date(res, "onsetDateTime", loc)
     if onset is None:
-        onset = run.period(res, "onsetPeriod", loc)[0]
+        start, end = run.period(res, "onsetPeriod", loc)
+        onset = start
+        if start is None and end is not None:
+            # a period known only by its end: the condition began then or before
+            out["onset"] = end
+            out["onset_from"] = "on_or_before"
+            return
     if onset is None:
         s = run.text(res, "onsetString", loc)
         # onsetString is free text ("childhood"); only an ISO date in it is a date.
@@ -1553,16 +1562,7 @@ def _allergy(run: _Run, r: _Res, out: JsonDict) -> None:
                   f"AllergyIntolerance {label} is not a screened hypersensitivity")
         return
     cond: JsonDict = {"element": "blinatumomab_hypersensitivity"}
-    onset = run.date(res, "onsetDateTime", loc)
-    if onset is None:
-        onset = run.period(res, "onsetPeriod", loc)[0]
-    if onset is not None:
-        cond["onset"] = onset
-    else:
-        recorded = run.date(res, "recordedDate", loc)
-        if recorded is not None:
-            cond["onset"] = recorded
-            cond["onset_from"] = "recordedDate"
+    _onset(run, res, loc, cond)   # the same onset[x] / recordedDate reading as a Condition
     # AllergyIntolerance uses active / inactive / resolved, a subset of the condition statuses.
     clinical = _status_field(run, res, "clinicalStatus", _CLINICAL_STATUS, loc)
     if clinical is not None:
