@@ -669,13 +669,20 @@ def iter_chunks(inp: Input, chunk_size: int, mapping: Any,
 
 
 def _file_info(path: str) -> dict[str, Any]:
+    """An input's identity: size and mtime, and its content hash, because a file rewritten
+    in place with its size kept and its mtime restored (cp -p, rsync -t, tar x) was resumed
+    as the same input and mixed two registries in one run (about 1 s per GB, read once)."""
     st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": _sha256(path)}
 
 
 def _sha256(path: str) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def _mapping_tables(mapping: Any, inp: Input) -> list[str]:
@@ -747,9 +754,33 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         elif k == "code":
             parts.append(f"screener code changed (source {old.get(k) or 'not recorded'} -> "
                          f"{new.get(k)})")
+        elif k == "inputs":
+            parts.append(_inputs_difference(old.get(k) or [], new.get(k) or []))
         else:
             parts.append(f"{k} changed")
     return ", ".join(parts)
+
+
+def _inputs_difference(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    """Which input changed, and how (what a coordinator needs to decide between resuming
+    elsewhere and --force)."""
+    def files(ins: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for i in ins:
+            for f in i.get("tables", [i]):
+                out[f.get("path", i.get("name", "?"))] = f
+        return out
+
+    a, b = files(old), files(new)
+    notes = [f"{p} added" for p in b if p not in a] + [f"{p} no longer given" for p in a
+                                                      if p not in b]
+    for p in b:
+        if p in a and a[p] != b[p]:
+            what = [k for k in ("size", "sha256", "mtime_ns") if a[p].get(k) != b[p].get(k)]
+            notes.append(f"{p} changed ({', '.join(what) or 'kind'})")
+    if not notes and [i.get("name") for i in old] != [i.get("name") for i in new]:
+        notes.append("the inputs are given in another order or spelling")
+    return "inputs changed: " + ("; ".join(notes[:5]) or "kind or order")
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -869,6 +900,38 @@ def run_batch(opts: BatchOptions, err: IO[str] | None = None) -> tuple[dict[str,
     inputs = classify_inputs(opts.inputs, opts.mapping)
 
     out = Path(opts.out)
+    lock = _lock_out(out)   # held until this function returns; released by the OS on a kill
+    try:
+        return _run_locked(opts, err, started, rules, meta, ids, mapping, inputs, out)
+    finally:
+        lock.close()
+
+
+def _lock_out(out: Path) -> IO[str]:
+    """An exclusive lock on the run directory. Without it a second run on the same DIR (or a
+    --force run) deleted the first one's temporary files and parts while it was writing, and
+    the directory ended up 'complete' with two runs' rows in it."""
+    import fcntl
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise BatchError(f"{out} is in use by another screener batch ({holder}); wait for it "
+                         "to finish (or stop it), or use another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _run_locked(opts: BatchOptions, err: IO[str], started: float, rules: tuple[str, ...],
+                meta: Screener, ids: list[str], mapping: Any, inputs: list[Input],
+                out: Path) -> tuple[dict[str, Any], RunStats]:
     manifest = _manifest(meta, ids, inputs, opts, mapping)
     _prepare_out(out, manifest, opts.force)
 
@@ -1049,9 +1112,9 @@ def _prepare_out(out: Path, manifest: dict[str, Any], force: bool) -> None:
         _clear(out)
     (out / "matrix").mkdir(parents=True, exist_ok=True)
     (out / "errors").mkdir(parents=True, exist_ok=True)
-    for d in (out / "matrix", out / "errors"):
+    for d in (out, out / "matrix", out / "errors"):
         for p in d.glob(".tmp-*"):
-            p.unlink()  # left by a killed run: never renamed, so never counted
+            p.unlink()  # left by a killed run (the lock says none is alive): never renamed
     manifest["complete"] = False
     atomic_write(mpath, _json_bytes(manifest))
 
@@ -1061,7 +1124,7 @@ def _clear(out: Path) -> None:
     for d in ("matrix", "errors"):
         shutil.rmtree(out / d, ignore_errors=True)
     for f in ("manifest.json", "summary.json", "report.html", "errors.jsonl", "counts.csv",
-              "funnel.csv", "blocked.csv"):
+              "funnel.csv", "blocked.csv", "duplicates.csv"):
         (out / f).unlink(missing_ok=True)
 
 

@@ -712,3 +712,52 @@ def test_an_input_given_twice_is_refused(small: Path, tmp_path: Path) -> None:
     with pytest.raises(BatchError, match="tables of one registry"):
         batch.classify_inputs([str(d / "p.csv"), str(d / "labs.csv")], str(m))
     assert len(batch.classify_inputs([str(d)], str(m))) == 1
+
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_even_with_force(
+        small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    held = batch._lock_out(out)       # a run in progress (another process in real life)
+    try:
+        for force in (False, True):
+            with pytest.raises(BatchError, match="in use by another screener batch"):
+                run_batch(_opts([str(small)], out, force=force), io.StringIO())
+    finally:
+        held.close()
+    summary, _ = run_batch(_opts([str(small)], out), io.StringIO())   # free again
+    assert summary["records"]["screened"] == 400
+
+
+def test_an_input_rewritten_with_its_size_and_mtime_kept_is_not_resumed(
+        small: Path, tmp_path: Path) -> None:
+    src = tmp_path / "reg.ndjson"
+    shutil.copy(small, src)
+    out = tmp_path / "out"
+    run_batch(_opts([str(src)], out), io.StringIO())
+    (out / "manifest.json").write_text((out / "manifest.json").read_text()
+                                       .replace('"complete": true', '"complete": false'))
+    st = src.stat()
+    text = src.read_text()
+    assert '"birth_date": "19' in text or '"birth_date":"19' in text
+    src.write_text(text.replace('"birth_date": "19', '"birth_date": "20', 1)
+                   .replace('"birth_date":"19', '"birth_date":"20', 1))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size
+    with pytest.raises(BatchError, match=r"reg.ndjson changed \(sha256\)"):
+        run_batch(_opts([str(src)], out), io.StringIO())
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_resume(
+        small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_batch(_opts([str(small)], out), io.StringIO())
+    stale = [out / ".tmp-99999-summary.json", out / "matrix" / ".tmp-99999-part-x.parquet"]
+    for p in stale:
+        p.write_text("partial")
+    (out / "duplicates.csv").write_text("from an earlier run\n")
+    run_batch(_opts([str(small)], out), io.StringIO())
+    assert not any(p.exists() for p in stale)
+    # --force clears every file of the discarded run (a forced run killed before its end
+    # left the old duplicates.csv beside its own manifest)
+    batch._clear(out)
+    assert not (out / "duplicates.csv").exists() and not (out / "manifest.json").exists()
