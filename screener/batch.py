@@ -210,7 +210,7 @@ class Spec:
     fmt: str = "parquet"
     sub_batch: int = SUB_BATCH
     driver_pid: int = 0
-    code: str = ""                        # `code_hash` of the driver (checked on Dask workers)
+    code: str = ""                        # `code_hash` of the driver (checked on every worker)
 
 
 @dataclass
@@ -500,16 +500,23 @@ def _watch_driver(driver_pid: int) -> None:
             pass
 
 
+def _check_code(spec: Spec) -> None:
+    """A worker screens only with the code the run started with: a Dask worker on another
+    machine, or a local pool worker started (by the forkserver, importing from disk) after
+    the screener's files were edited, must not mix results of two versions into one run."""
+    if spec.code and spec.code != _worker_code_hash():
+        raise BatchError(f"worker has screener code {_worker_code_hash()}, the run expects "
+                         f"{spec.code}")
+
+
 def _pool_task(spec: Spec, chunk: Chunk) -> ChunkResult:
+    _check_code(spec)
     return _worker_for(spec).screen(chunk)
 
 
 def dask_task(spec: Spec, chunk: Chunk) -> ChunkResult:
     """Entry point of a chunk on a Dask worker (module-level so workers can import it)."""
-    if spec.code and spec.code != _worker_code_hash():
-        # a worker on another machine with other screener code must not mix results in
-        raise BatchError(f"worker has screener code {_worker_code_hash()}, the run expects "
-                         f"{spec.code}")
+    _check_code(spec)
     return _worker_for(spec).screen(chunk)
 
 

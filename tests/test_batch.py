@@ -761,3 +761,13 @@ def test_temporary_files_of_a_killed_run_are_removed_on_resume(
     # left the old duplicates.csv beside its own manifest)
     batch._clear(out)
     assert not (out / "duplicates.csv").exists() and not (out / "manifest.json").exists()
+
+
+def test_a_local_pool_worker_with_other_code_refuses_the_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool worker started after the screener's files changed imports the new code: it must
+    not screen chunks of a run that started with the old code."""
+    spec = batch.Spec((RULES,), (), AS_OF.isoformat(), "rete", "parquet", batch.SUB_BATCH, 0,
+                      "sha256:" + "1" * 64)
+    with pytest.raises(BatchError, match="worker has screener code"):
+        batch._pool_task(spec, None)  # type: ignore[arg-type]
