@@ -175,8 +175,21 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             loinc=("7918-6", "31201-7", "56888-1")),
     Element("syphilis_nontreponemal", "coded", "syphilis non-treponemal test (RPR / TRUST / VDRL)",
             values=_POSNEG, loinc=("20507-0", "31147-2", "5292-8")),
+    # Infections have no code of their own: the infectious-disease chapter and the common
+    # infections elsewhere are "possible" (unknown when active: requiring treatment is the
+    # clinician's call), so that a coded pneumonia on a reviewed list is not read as "no
+    # infection" (found by the second rule review).
     Element("active_infection", "condition", "active bacterial, viral or fungal infection "
-            "requiring treatment"),
+            "requiring treatment",
+            broader_icd10=("A", "B", "J0", "J10", "J11", "J12", "J13", "J14", "J15", "J16",
+                           "J17", "J18", "J20", "J21", "J22", "J36", "J390", "J391", "J85",
+                           "J86", "K35", "K570", "K572", "K574", "K578", "K61", "K630",
+                           "K65", "K750", "K810", "K830", "L02", "L03", "L08", "M00", "M462",
+                           "M463", "M86", "N10", "N151", "N300", "N390", "N410", "N70",
+                           "N71", "N73", "G00", "G01", "G02", "G042", "G05", "G06", "G07",
+                           "H600", "H66", "H700", "I301", "I33", "I400", "R652", "T802",
+                           "T814", "T826", "T827", "T835", "T836", "T845", "T846",
+                           "T847", "T857", "O85", "O86")),
     Element("hiv_infection", "condition", "HIV infection", snomed=("86406008",),
             icd10=("B20", "Z21")),
     # --- reproduction -----------------------------------------------------------------------
@@ -205,9 +218,12 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             icd10=("I16", "I674")),
     # I74 arterial embolism and thrombosis (limbs, abdominal aorta, ...), I75 atheroembolism;
     # occlusion or stenosis of cerebral / precerebral arteries (I65, I66) may be thrombotic
+    # H34.1 / H34.2: retinal artery occlusion; K55.0 (acute vascular disorders of the
+    # intestine) and N28.0 (renal infarction) may be arterial thrombosis or not: possible.
     Element("arterial_thrombosis", "condition", "arterial thrombosis (stroke, TIA)",
             snomed=("230690007", "422504002", "266257000"),
-            icd10=("I63", "I61", "I64", "G45", "I74", "I75"), broader_icd10=("I65", "I66")),
+            icd10=("I63", "I61", "I64", "G45", "I74", "I75", "H341", "H342"),
+            broader_icd10=("I65", "I66", "K550", "N280")),
     # Deep veins of the legs (I82.4, I82.5; I80.1-I80.2 thrombophlebitis), of the arms and
     # trunk (I82.62, I82.72 deep upper limb; I82.A axillary, I82.B subclavian, I82.C internal
     # jugular; I82.2 vena cava), and in pregnancy (O22.3, O87.1). Unspecified or other veins
@@ -227,8 +243,14 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     # entered-in-error, which is never used).
     Element("vte_symptomatic", "boolean", "the recorded DVT / PE was symptomatic",
             sticky="true"),
+    # The procedures are recorded as "status" codes on problem lists: coronary bypass (Z95.1),
+    # coronary stent / angioplasty (Z95.5, Z98.61), an implanted defibrillator (Z95.810).
+    # Other cardiac implants (pacemaker, valves, other devices) are possible only.
     Element("high_risk_cv_procedure", "condition",
-            "coronary angioplasty, defibrillation or other high-risk cardiovascular procedure"),
+            "coronary angioplasty, defibrillation or other high-risk cardiovascular procedure",
+            icd10=("Z951", "Z955", "Z9861", "Z95810"),
+            broader_icd10=("Z950", "Z952", "Z953", "Z954", "Z95811", "Z95812",
+                           "Z95818", "Z959")),
     Element("respiratory_insufficiency", "condition", "severe respiratory insufficiency",
             icd10=("J96",)),
     # ICD-10 names the bleeding: haematemesis, melaena, unspecified haemorrhage (K92.0-2);

@@ -655,7 +655,10 @@ class Linter:
 
     # -- windows ------------------------------------------------------------------------------
     def windows(self, c: Criterion, base: Path) -> None:
-        first: dict[str, tuple[int | None, str]] = {}
+        """One element read over different windows in one criterion, unless it is the same
+        test over two windows (the "recent, or positive at any age" idiom of lifelong
+        antibodies: `any: [hiv_ab positive within 90 days, hiv_ab positive]`)."""
+        first: dict[str, tuple[int | None, str, Any]] = {}
         for name in ("logic", "applies_if"):
             root = getattr(c, name)
             if root is None:
@@ -663,13 +666,14 @@ class Linter:
             for node, p in _walk(root, base + (name,)):
                 if not isinstance(node, (Compare, Present)):
                     continue
+                test = (node.op, node.values) if isinstance(node, Compare) else None
                 for el in node.slot.element:
                     win = node.slot.within_days
                     line, col = self.doc.pos(p)
                     if el not in first:
-                        first[el] = (win, f"{line}:{col}")
-                    elif first[el][0] != win:
-                        fw, fl = first[el]
+                        first[el] = (win, f"{line}:{col}", test)
+                    elif first[el][0] != win and (test is None or first[el][2] != test):
+                        fw, fl, _ = first[el]
                         self.add(p, "lint.window_mismatch",
                                  f"{el} is read {_win(win)} here but {_win(fw)} at {fl}: "
                                  "the two tests may look at different results",

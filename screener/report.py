@@ -270,7 +270,8 @@ def describe(c: Mapping[str, Any], eq: str = "=", on: str = "@") -> str:
             if "date" in e:
                 s += f" {on}{e['date']}"
             parts.append(s)
-        text = ", ".join(parts)
+        # one result read by two slots (a window and none) is shown once
+        text = ", ".join(dict.fromkeys(parts))
         if c["verdict"] == "not_applicable":
             text = "does not apply: " + text
     if "policy" in c:

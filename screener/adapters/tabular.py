@@ -20,6 +20,7 @@ name (a plain string) or ``{column: NAME}`` or ``{constant: VALUE}``::
     patients:                       # required: one row per patient (streamed)
       file: registry.csv            # .csv -> comma, .tsv/.txt/.tab -> tab, .parquet/.pq
       # format: csv | tsv | parquet   delimiter: ";"   encoding: utf-8-sig   date_format: "%d/%m/%Y"
+      # multiline_fields: false     (true: quoted fields may span lines; see "Text tables")
       id: patient_id
       birth_date: dob               # ISO date, or partial YYYY / YYYY-MM
       age: age_years                # used only when birth_date is blank or unusable
@@ -41,6 +42,7 @@ name (a plain string) or ``{column: NAME}`` or ``{constant: VALUE}``::
       low: LOW
       high: HIGH                    # -> reference_range.high, the ULN of x ULN comparisons
       date: DATE
+      status: STATUS                # optional result status (see "Result status")
       unmapped: summary             # report (one issue per row, default) | summary | ignore
     problems:                       # optional, one table or a list of tables
       file: problems.txt
@@ -52,7 +54,17 @@ name (a plain string) or ``{column: NAME}`` or ``{constant: VALUE}``::
     reviewed:
       conditions: "2026-11-01"      # a constant date, or {column: NAME} of the patients table
     coded_values: {Reactive: positive}   # extra spellings of coded / boolean values
-    na_values: ["", NA, N/A, NULL]  # cells read as blank (this is the default list)
+    na_values: ["-", "."]           # more cells read as blank, added to the default list
+                                    # ("", NA, N/A, n/a, NULL, null, NaN, nan, None)
+
+Checked when the mapping is read (MappingError): reference limits (``low`` / ``high``) must be
+columns, never ``{constant: ...}`` (a constant has no unit of its own, would be paired with each
+row's unit and, in a long table, apply to every analyte; put a site ULN in the rule file); a
+``date_format`` with a two-digit year (``%y``: 65 would be 2065) is refused, use ``%Y``; one
+column may not be the ``value`` of two elements of the patients table (a copy-paste slip; in a
+long table the one value column serves every analyte). A mapped column missing from a table
+gets a hint: the same name but for case or surrounding spaces first, then a close spelling; a
+header read as one column holding ``;``, a tab, ``,`` or ``|`` points to ``delimiter``.
 
 **``reviewed`` is a clinical assertion, not a formatting option.** Setting
 ``reviewed.conditions`` states that, on that date, the registry's problem list was complete for
@@ -69,35 +81,77 @@ insensitive) gives a condition with the ``onset`` / ``abatement`` columns; a val
 skipped when the mapping has no ``date`` (an undated "no" proves nothing); blank is unknown;
 any other value gives an unconfirmed condition (unknown, even under a complete review).
 
+Text tables
+-----------
+CSV / TSV tables are read **line by line**: a field may not span lines (registry exports write
+one record per line), so one stray quote cannot swallow the lines after it. A line whose quotes
+do not balance (a ``"`` opened and not closed on it) is split with quoting off for that line
+only (``csv.QUOTE_NONE``: the quote stays text) and gets an ``unbalanced_quote`` issue; its
+cells are used if it then has the header's width, otherwise it is a row with shifted columns
+(below). The lines up to where the quote would close (rows of their own, or text of that field:
+not guessed) each get an ``inside_open_quote`` issue and are handled like rows with shifted
+columns: unusable results of whoever they name. For an export that really has quoted fields over
+several lines, set ``multiline_fields: true`` on that table (the csv module's own behaviour; row
+numbers then count records). Fields up to 16 MiB are read (the csv module's limit is raised once
+for the process, never lowered); a row the csv module still cannot parse gets an
+``unreadable_row`` issue and is handled like a row with shifted columns, its first line split at
+the delimiter to tell whose row it is; the rows after it are read in step (with
+``multiline_fields``, after the line where its quotes balance, so text inside a long comment
+cannot make rows). Empty fields after the last column, as many as on the first data row (a
+trailing delimiter on every line), are dropped; any other row with more fields than the header
+is a row with shifted columns.
+
+Patient ids are compared as text after trimming; ``123.0`` (a spreadsheet round trip: digits,
+``.``, zeros only) reads as ``123``. An id holding U+FFFD (bytes the table's ``encoding`` cannot
+decode) is refused (``bad_id``, the row is not used) because two different names could read the
+same: set ``encoding``. Long-table rows whose id has no patient row but matches a patient's id
+apart from case, surrounding spaces or leading zeros (``7`` / ``007``, ``ab1`` / ``AB1``) are
+never merged into that patient: they stay orphan rows, and the patient gets a ``near_id`` issue
+naming the id and, for each of those rows, an unusable result of its element (dated when its
+date is known) or an unconfirmed condition, so that neither an older result nor a complete
+condition review decides.
+
+Result status: a ``status`` cell is tokenised like problem verification statuses (case,
+spaces, hyphens, underscores: ``Entered in error`` -> ``entered-in-error``, ``Canceled`` ->
+``cancelled``); a single HL7 v2 OBX-11 letter is translated as in HL7's v2-to-FHIR map
+(``F`` final, ``C`` corrected, ``X`` cancelled, ``D`` / ``W`` entered-in-error, ``P`` / ``R``
+preliminary, ``I`` registered). The normalizer counts only ``final``, ``amended``,
+``corrected`` and ``appended``; ``entered-in-error`` and ``cancelled`` results are dropped as
+never recorded; any other status makes the result unusable (not final).
+
 Output and issues
 -----------------
 :func:`iter_patients` yields ``(locator, patient, issues)``: the locator is ``"file:row N"`` of
 the patient row; ``patient`` is the canonical dict, or ``None`` when no patient can be built
 (blank id, rows of a long table whose patient id is not in the patients table, long-table
 rows without a patient id); ``issues`` are ``{"loc", "code", "msg"}`` dicts whose
-``loc`` is ``"file:row N:COLUMN"``. Row numbers count *data* records from 1 (the header is not
-counted), in CSV and Parquet alike: in a text file without embedded newlines, row N is line N+1.
+``loc`` is ``"file:row N:COLUMN"``. Row numbers count data rows from 1 (the header is not
+counted): in a text table row N is line N+1 of the file (blank lines are skipped but counted),
+with ``multiline_fields`` the Nth record; in Parquet the Nth row.
 Every observation and condition carries ``source: "file:row N"`` as evidence. A patient id on
 more than one row of the patients table is not skipped: each row is its own record (with a
 ``duplicate_id`` issue on the later ones), each with all of the patient's long-table rows, as a
 repeated id in NDJSON is screened once per record (the batch lists them in duplicates.csv).
 
-Bad cells never stop the run, and an unreadable result never lets an older one decide.
-**Policy: a result whose value or date cannot be read is passed on as an unusable result, with
-an issue** (the issue quotes the raw text and names the file, row and column, which the
-normalizer cannot). An unparseable number or coded value gives the observation the value
-``"unreadable: ..."``, which the normalizer cannot use; an unparseable or blank date leaves the
-date out. The normalizer's rule then applies, as for NDJSON and FHIR input: an unusable result
-hides the older usable results of its element, an undated one hides all of them, so criteria
-that need the element become ``unknown``, never ``met`` / ``not_met`` on older data. A long-table
-row with more fields than the header (columns shifted by an unquoted delimiter) is passed on,
-undated and unusable, to the patient and element its id and code columns may be read as (see
-`_rows`); a lab row whose value is blank is no result and is skipped. An unreadable condition
-flag gives an unconfirmed condition, an exposure with only unreadable cells one without a
-duration (both unknown). An unusable reference range drops only the range, an unknown sex leaves
-sex out. Reference ranges are read for quantity elements only (coded lab rows put text such as
-``Negative; Positive`` in their limit columns). Undecodable bytes become U+FFFD rather than
-stopping the run, in the header as in the rows (set ``encoding`` for non-UTF-8 exports).
+Bad cells never stop the run, and an unreadable result never lets an older one decide. **Policy:
+a result whose value or date cannot be read is passed on as an unusable result, with an issue**
+(the issue quotes the raw text and names the file, row and column, which the normalizer cannot).
+An unparseable number or coded value gives the observation the value ``"unreadable: ..."``,
+which the normalizer cannot use; an unparseable or blank date leaves the date out. The
+normalizer's rule then applies, as for NDJSON and FHIR input: an unusable result hides the older
+usable results of its element, an undated one hides all of them, so criteria that need the
+element become ``unknown``, never ``met`` / ``not_met`` on older data. A long-table row with
+more fields than the header (columns shifted by an unquoted delimiter), or that the csv module
+cannot parse, is passed on, undated and unusable, to the patient and element its id and code
+columns may be read as (see `_rows`); a lab row whose value is blank is no result and is
+skipped. A viral load (``hbv_dna``, ``hcv_rna``) given as a number is passed on as that number,
+which the normalizer reads as detected when above 0, as in canonical JSON. An unreadable
+condition flag gives an unconfirmed condition, an exposure with only unreadable cells one
+without a duration (both unknown). An unusable reference range drops only the range, an unknown
+sex leaves sex out. Reference ranges are read for quantity elements only (coded lab rows put
+text such as ``Negative; Positive`` in their limit columns). Undecodable bytes become U+FFFD
+rather than stopping the run, in the header as in the rows (set ``encoding`` for non-UTF-8
+exports).
 
 Memory
 ------
@@ -107,7 +161,9 @@ in registry exports, so each is read once, its rows are parsed and filed by pati
 temporary SQLite database on disk (`_LongStore`, removed when the iteration ends; a store
 left by a killed run is removed by the next run), and each
 patient's rows are read back, in their original order, when its patient row streams by. The
-patient ids already met (for duplicates and orphans) are kept there too. **Memory stays flat
+patient ids already met (for duplicates and orphans) are kept there too, and so are all ids of
+the patients table, read in a first pass over its id column when there are long tables (to
+find near-matching ids before the patients stream). **Memory stays flat
 whatever the size of the tables** (bench/tabular_memory.py); disk use is about the size of the
 parsed rows, and reading is about 15% slower than the in-memory grouping it replaced (which
 took 650 MiB at 80,000 patients x 12 lab rows and grew with the table).
@@ -123,7 +179,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -183,6 +239,7 @@ class Table:
     fields: dict[str, Field]
     system: str | None = None
     unmapped: str = "report"
+    multiline: bool = False  # text: quoted fields may span lines (csv module behaviour)
 
     def columns(self) -> dict[str, str]:
         """Column name -> the mapping key that uses it (first use wins, for messages)."""
@@ -223,7 +280,7 @@ class Mapping:
 
 
 _TOP_KEYS = ("version", "patients", "labs", "problems", "reviewed", "coded_values", "na_values")
-_TABLE_KEYS = ("file", "format", "delimiter", "encoding", "date_format")
+_TABLE_KEYS = ("file", "format", "delimiter", "encoding", "date_format", "multiline_fields")
 _PATIENT_KEYS = _TABLE_KEYS + ("id", "birth_date", "sex", "age", "elements", "conditions",
                                "exposures")
 _LAB_KEYS = _TABLE_KEYS + ("patient_id", "code", "system", "value", "unit", "low", "high",
@@ -375,12 +432,25 @@ def _table(c: _Checker, where: str, raw: Any, role: str, allowed: tuple[str, ...
     if date_format is not None and not isinstance(date_format, str):
         c.err(f"{where}.date_format", f"expected a strptime format string, got {date_format!r}")
         date_format = None
+    if date_format is not None and "%y" in re.findall(r"%.", date_format):
+        # strptime reads 65 as 2065 (a birth date in 1965 would be in the future)
+        c.err(f"{where}.date_format", f"{date_format!r} has a two-digit year (%y), which "
+                                      f"cannot tell 1965 from 2065; use %Y with four-digit "
+                                      f"years (export the dates with the century)")
+        date_format = None
+    multiline = obj.get("multiline_fields", False)
+    if not isinstance(multiline, bool):
+        c.err(f"{where}.multiline_fields", f"expected true or false, got {multiline!r}")
+        multiline = False
+    if multiline and fmt == "parquet":
+        c.err(f"{where}.multiline_fields", "applies to CSV / TSV tables only")
     fields: dict[str, Field] = {}
     for k in field_keys:
         if k in obj:
             f = c.field(f"{where}.{k}", obj[k])
             if f:
                 fields[k] = f
+    _no_constant_limits(c, where, fields)
     system = obj.get("system")
     unmapped = obj.get("unmapped", "report")
     if unmapped not in ("report", "summary", "ignore"):
@@ -388,7 +458,20 @@ def _table(c: _Checker, where: str, raw: Any, role: str, allowed: tuple[str, ...
         unmapped = "report"
     return Table(role=role, file=file or "?", format="parquet" if fmt == "parquet" else "csv",
                  delimiter=delimiter, encoding=encoding, date_format=date_format, fields=fields,
-                 system=system, unmapped=unmapped)
+                 system=system, unmapped=unmapped, multiline=bool(multiline))
+
+
+def _no_constant_limits(c: _Checker, where: str, fields: dict[str, Field]) -> None:
+    """A reference limit must come from a column: a constant has no unit of its own, would be
+    paired with whatever unit each row has and, in a long table, apply to every analyte."""
+    for k in ("low", "high"):
+        f = fields.get(k)
+        if f is not None and f.column is None:
+            c.err(f"{where}.{k}", f"a constant reference limit ({{constant: {f.constant!r}}}) "
+                                  f"is not accepted: it has no unit of its own, would be paired "
+                                  f"with each row's unit and, in a long table, apply to every "
+                                  f"analyte of the table; map a column holding the limit, or "
+                                  f"give the site ULN in the rule file")
 
 
 def _tables(raw: Any) -> list[Any]:
@@ -458,6 +541,15 @@ def load_mapping(path: str | Path) -> Mapping:
                 c.err(w, "missing required key 'date' (a column or {constant: DATE}); every "
                          "observation needs the date it was measured")
             c.dates(w, fl)
+            _no_constant_limits(c, w, fl)
+            vf = fl.get("value")
+            if el and vf is not None and vf.column is not None:
+                other = next((e.element for e in elements
+                              if (f := e.fields.get("value")) and f.column == vf.column), None)
+                if other is not None:
+                    c.err(f"{w}.value", f"column {vf.column!r} is already the value of "
+                                        f"{other!r}; one column cannot hold the results of two "
+                                        f"elements (a copy-paste slip?)")
             if el:
                 elements.append(ElementMap(el.name, fl))
         for name, spec in c.obj("patients.conditions", praw.get("conditions", {})).items():
@@ -539,10 +631,12 @@ def load_mapping(path: str | Path) -> Mapping:
             reviewed[k] = f
 
     coded_values = _values_map(c, "coded_values", top.get("coded_values", {}))
-    na_raw = top.get("na_values", list(_NA_DEFAULT))
+    # the mapping's list adds to the default one: a blank cell stays blank whatever it says
+    na_raw = top.get("na_values", [])
     if not (isinstance(na_raw, list) and all(isinstance(x, str) for x in na_raw)):
         c.err("na_values", f"expected a list of strings, got {na_raw!r}")
-        na_raw = list(_NA_DEFAULT)
+        na_raw = []
+    na_raw = list(_NA_DEFAULT) + na_raw
 
     if c.errors or patients is None:
         raise MappingError(str(p), c.errors or ["no patients table"])
@@ -580,10 +674,11 @@ def _header(path: Path, t: Table) -> list[str]:
         import pyarrow.parquet as pq  # imported lazily: CSV-only users need no pyarrow
 
         return list(pq.ParquetFile(path).schema_arrow.names)
-    # the same replacement policy as `_rows`: an undecodable byte anywhere in the first block
-    # read (about 8 KB of data rows) must not make the whole table unreadable
+    # the same replacement policy and line splitting as `_rows`: an undecodable byte anywhere
+    # in the first block read (about 8 KB of data rows) must not make the whole table unreadable
     with path.open(newline="", encoding=t.encoding, errors="replace") as fh:
-        return next(csv.reader(fh, delimiter=t.delimiter), [])
+        first = next(_records(fh, t), None)
+        return first[1] if first else []
 
 
 def check_tables(m: Mapping, base_dir: str | Path | None = None) -> None:
@@ -603,18 +698,30 @@ def check_tables(m: Mapping, base_dir: str | Path | None = None) -> None:
             errors.append(f"{t.role}: cannot read {path}: {e}")
             continue
         counts = Counter(header)
+        missing = [f.column for f in fields.values()
+                   if f.column is not None and f.column not in counts]
+        sep = _other_delimiter(t, header) if missing else None
+        if sep is not None:
+            how = 'format: tsv (or delimiter: "\\t")' if sep == "\t" else f"delimiter: {sep!r}"
+            errors.append(f"{t.role}: the header of {t.file} was read as one column "
+                          f"{cut(header[0], 100)!r}: the table seems to be separated by "
+                          f"{sep!r}, not {t.delimiter!r}; set {how} for this table")
+            continue
         for key, f in fields.items():
             col = f.column
             if col is None:
                 continue
             if col not in counts:
-                hint = did_you_mean(col, header)
-                if hint is None:  # case or whitespace slips are the usual ones in exports
-                    hint = next((h for h in header if h.strip().lower() == col.strip().lower()),
-                                None)
-                errors.append(f"{key}: column {col!r} not in {t.file}"
-                              + (f" (did you mean {hint!r}?)" if hint else "")
-                              + f"; header: {', '.join(header)}")
+                # case or whitespace slips are the usual ones in exports: an exact match but
+                # for those first, then a close spelling
+                hint = next((h for h in header
+                             if h.strip().casefold() == col.strip().casefold()), None) \
+                    or did_you_mean(col, header)
+                mean = f" (did you mean {hint!r}?)" if hint else ""
+                if hint is None and key.endswith(".unit"):
+                    mean = f" (a unit written as such is {{constant: {col}}})"
+                errors.append(f"{key}: column {col!r} not in {t.file}{mean}"
+                              f"; header: {', '.join(header)}")
             elif counts[col] > 1:
                 errors.append(f"{key}: column {col!r} appears {counts[col]} times in the header "
                               f"of {t.file}; cannot tell which one is meant")
@@ -622,15 +729,190 @@ def check_tables(m: Mapping, base_dir: str | Path | None = None) -> None:
         raise MappingError(str(m.path), errors)
 
 
-def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
-          ) -> Iterator[tuple[int, dict[str, Any], str | None, list[dict[str, Any]]]]:
-    """Stream (row number, {column: cell}, problem, shifted) for the given columns of a table.
+#: csv field size limit while reading tables (the module's default, 128 KiB, drops rows with a
+#: long comment); raised once, never lowered (see `_raise_field_limit`)
+_FIELD_LIMIT = 16 << 20
 
-    A text row with more fields than the header gives no cells (its columns are shifted by an
-    unquoted delimiter somewhere) but ``shifted``: every way of reading the given columns if
-    the extra fields were inserted before some column (columns left of it read in place, the
-    others moved right by all the extra fields). The caller may use them to find which patient
-    and element the row belongs to, never its values."""
+RowProblem = tuple[str, str]  # (issue code, message)
+
+
+def _raise_field_limit() -> None:
+    """The csv module's field size limit is process-wide state: it is raised (to
+    `_FIELD_LIMIT`) once, never lowered, so other users of the module are not affected."""
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
+
+
+class _Lines:
+    """The physical lines of a text table, numbered from 1, as the input of a csv reader
+    (`feed`); the lines the reader took for one record are in `taken`, and those after its
+    first line can be pushed back (see `_records`).
+
+    Every line handed out ends with a line break (one is added to a last line without one),
+    so that a quoted field left open at the end of the file keeps the break in the field,
+    as it does on every other line: that is how an unclosed quote is recognised. `eof` is set
+    when the reader asked for a line after the last one."""
+
+    def __init__(self, fh: Any) -> None:
+        self.back: deque[tuple[int, str]] = deque()
+        self.taken: list[tuple[int, str]] = []
+        self.eof = False
+        self.feed = self._feed(fh)
+        self._n = 0
+
+    def _feed(self, fh: Any) -> Iterator[str]:
+        back = self.back
+        n = self._n
+        for line in fh:
+            while back:
+                item = back.popleft()
+                self.taken.append(item)
+                yield item[1]
+            n += 1
+            self._n = n
+            if not line.endswith(("\n", "\r")):
+                line += "\n"
+            self.taken.append((n, line))
+            yield line
+        while back:
+            item = back.popleft()
+            self.taken.append(item)
+            yield item[1]
+        self.eof = True
+
+    def push_back(self, items: list[tuple[int, str]]) -> bool:
+        """Put lines back to be read again; True if the reader must be made anew (its input
+        had ended: a finished generator cannot resume)."""
+        self.back.extendleft(reversed(items))
+        if self.eof and items:
+            self.feed = self._feed(iter(()))
+            return True
+        return False
+
+
+def _split_line(line: str, delimiter: str) -> list[str]:
+    """A line split at every delimiter, quotes taken as text (csv.QUOTE_NONE)."""
+    return line.rstrip("\r\n").split(delimiter)
+
+
+def _records(fh: Any, t: Table) -> Iterator[tuple[int, list[str], list[RowProblem], bool]]:
+    """(first line number, fields, problems, readable) for every record of a text table, the
+    header included (line 1).
+
+    By default a field may not span lines (registry exports have one record per line): a line
+    whose quotes do not balance would otherwise swallow the lines after it into one field,
+    silently. Such a line is split with quoting off for that line only (the quote kept as
+    text), with an ``unbalanced_quote`` problem; the lines up to where its quote would close
+    come as unreadable records (``inside_open_quote``: rows, or text of that field), and
+    reading resumes after them. With ``multiline_fields: true`` the csv module's quoted
+    fields over several lines are kept (a record then starts on the line given).
+
+    A record the csv module cannot parse at all (a field over `_FIELD_LIMIT`) comes with
+    ``readable`` False, an ``unreadable_row`` problem and its first line split at every
+    delimiter (only to tell whose row it is). Reading goes on in step: line by line, with the
+    next line; with multi-line fields, after the line where the record's quotes balance, so
+    that text inside a long quoted comment is not read as rows."""
+    _raise_field_limit()
+    lines = _Lines(fh)
+    reader = csv.reader(lines.feed, delimiter=t.delimiter)
+    while True:
+        lines.taken = []
+        lines.eof = False
+        try:
+            row = next(reader)
+            error = None
+        except StopIteration:
+            return
+        except csv.Error as e:
+            row, error = [], e
+        taken = lines.taken
+        if not taken:
+            return
+        first, raw = taken[0]
+        if error is not None:
+            if not t.multiline:
+                # fields do not span lines: the lines after the first are rows of their own
+                if lines.push_back(taken[1:]):
+                    reader = csv.reader(lines.feed, delimiter=t.delimiter)
+            else:
+                # the record may go on over more lines (a long quoted comment): skip to where
+                # its quotes balance, so that text inside it is not read as rows
+                quotes = sum(line.count('"') for _, line in taken)
+                while quotes % 2:
+                    line = next(lines.feed, None)
+                    if line is None:
+                        break
+                    quotes += line.count('"')
+            yield first, _split_line(raw, t.delimiter), [(
+                "unreadable_row",
+                f"row cannot be parsed ({cut(str(error), 100)}); row skipped")], \
+                False
+            continue
+        if lines.eof or (len(taken) > 1 and not t.multiline):
+            # A quote opened in this line is not closed before its end (or, with multi-line
+            # fields, before the end of the file). The lines up to where it would close may
+            # be rows of their own (a stray quote) or text of that field (a quoted line
+            # break): neither is guessed. This line is read with quoting off (its columns
+            # before the quote are the same either way); the others are passed on as
+            # unreadable rows of whoever they name, so that they decide nothing and an older
+            # result does not decide in their place either.
+            yield first, _split_line(raw, t.delimiter), [(
+                "unbalanced_quote",
+                'a quote (") in this line is not closed on it; the line is read with quoting '
+                "off (quotes kept as text; set multiline_fields: true if the export has quoted "
+                "fields over several lines)")], True
+            for n, line in taken[1:]:
+                if line.strip():
+                    yield n, _split_line(line, t.delimiter), [(
+                        "inside_open_quote",
+                        f"this line follows a quote left open on line {first}: it may be a row "
+                        "of its own or text of that quoted field; not used")], False
+            continue
+        yield first, row, [], True
+
+
+def _readings(row: list[str], index: list[tuple[str, int]], width: int
+              ) -> list[dict[str, Any]]:
+    """Every reading of the given columns of a row with more (or fewer) fields than the header:
+    the extra fields inserted (or the missing ones left out) before some column, columns left
+    of it read in place, the others moved right (left) by the difference."""
+    extra = len(row) - width
+    by_pos = sorted(index, key=lambda ci: ci[1])
+    out: list[dict[str, Any]] = []
+    for k in range(len(by_pos) + 1):
+        alt: dict[str, Any] = {}
+        for j, (c, i) in enumerate(by_pos):
+            pos = i if j < k else i + extra
+            alt[c] = row[pos] if 0 <= pos < len(row) else ""
+        if alt not in out:
+            out.append(alt)
+    return out
+
+
+def _other_delimiter(t: Table, header: list[str]) -> str | None:
+    """The delimiter a text table seems to use when its header was read as one column."""
+    if t.format == "parquet" or len(header) != 1:
+        return None
+    for sep in (";", "\t", ",", "|"):
+        if sep != t.delimiter and sep in header[0]:
+            return sep
+    return None
+
+
+def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
+          ) -> Iterator[tuple[int, dict[str, Any], list[RowProblem], list[dict[str, Any]]]]:
+    """Stream (row number, {column: cell}, problems, shifted) for the given columns of a table.
+
+    Row numbers count data rows from 1: in a text table read line by line (the default) row N
+    is line N+1 of the file (blank lines are skipped but counted); with ``multiline_fields`` it
+    is the Nth record. ``problems`` are (issue code, message) pairs.
+
+    A text row whose columns cannot be trusted (more fields than the header, which means an
+    unquoted delimiter somewhere shifted them; or a row the csv module cannot parse) gives no
+    cells but ``shifted``: every way of reading the given columns (see `_readings`). The caller
+    may use them to find which patient and element the row belongs to, never its values.
+    Extra fields that are all empty, in the number the first data row has them, are a trailing
+    delimiter on every line and are dropped."""
     path = _resolve(m, t, base_dir)
     if t.format == "parquet":
         import pyarrow.parquet as pq
@@ -641,48 +923,44 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
             data = batch.to_pydict()
             for i in range(batch.num_rows):
                 n += 1
-                yield n, {c: data[c][i] for c in columns}, None, []
+                yield n, {c: data[c][i] for c in columns}, [], []
         return
     # errors="replace": one undecodable byte must not stop the run; it shows up as U+FFFD in
     # the cell (and then as an unparseable value) instead. Set `encoding` for latin-1 exports.
     with path.open(newline="", encoding=t.encoding, errors="replace") as fh:
-        reader = csv.reader(fh, delimiter=t.delimiter)
-        header = next(reader, [])
+        records = _records(fh, t)
+        header_rec = next(records, None)
+        header = header_rec[1] if header_rec else []
         index = [(c, header.index(c)) for c in columns]
         width = len(header)
+        trailing: int | None = None  # empty fields after the last column, per the first row
         n = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:  # e.g. a field over the csv module's size limit
-                n += 1
-                yield n, {}, f"unreadable row ({e}); row skipped", []
+        for first, row, problems, readable in records:
+            if readable and not problems and not row:
+                continue  # csv yields [] for blank lines; they are not records
+            n = first - 1 if not t.multiline else n + 1
+            if not readable:
+                yield n, {}, problems, _readings(row, index, width)
                 continue
-            if not row:  # csv yields [] for blank lines; they are not records
-                continue
-            n += 1
-            problem = None
+            if trailing is None and not problems:  # the first clean data row decides
+                extra = row[width:]
+                trailing = len(extra) if not any(f.strip() for f in extra) else 0
+            if trailing and len(row) == width + trailing and \
+                    not any(f.strip() for f in row[width:]):
+                row = row[:width]
             if len(row) > width:
                 # Extra fields mean the columns are shifted (an unquoted delimiter in a text
                 # field); every mapped cell may be wrong, so the row is not used as such.
-                extra = len(row) - width
-                by_pos = sorted(index, key=lambda ci: ci[1])
-                shifted: list[dict[str, Any]] = []
-                for k in range(len(by_pos) + 1):
-                    alt = {c: row[i] if j < k else row[i + extra]
-                           for j, (c, i) in enumerate(by_pos)}
-                    if alt not in shifted:
-                        shifted.append(alt)
-                yield (n, {}, f"row has {len(row)} fields but the header has {width}; "
-                              f"row skipped", shifted)
+                problems = problems + [("ragged_row", f"row has {len(row)} fields but the "
+                                                      f"header has {width}; row skipped")]
+                yield n, {}, problems, _readings(row, index, width)
                 continue
             if len(row) < width:
-                problem = (f"row has {len(row)} fields but the header has {width}; "
-                           f"missing fields read as blank")
+                problems = problems + [("ragged_row", f"row has {len(row)} fields but the "
+                                                      f"header has {width}; missing fields "
+                                                      f"read as blank")]
                 row = row + [""] * (width - len(row))
-            yield n, {c: row[i] for c, i in index}, problem, []
+            yield n, {c: row[i] for c, i in index}, problems, []
 
 
 # --------------------------------------------------------------------------------------------
@@ -861,7 +1139,17 @@ def _observation(r: _Row, e: Element, fields: dict[str, Field]) -> dict[str, Any
             if cmp:
                 obs["comparator"] = cmp
         elif e.kind == "coded":
-            obs["value"] = _coded(raw, e, r.m.coded_values)
+            try:
+                obs["value"] = _coded(raw, e, r.m.coded_values)
+            except ValueError:
+                if e.name not in _NUMERIC_DETECT:
+                    raise
+                # a viral load: passed on as the number, which the normalizer reads as
+                # detected when above 0 (and checks against a log unit), as in canonical JSON
+                cmp, num = _parse_number(raw)
+                obs["value"] = num
+                if cmp:
+                    obs["comparator"] = cmp
         else:
             obs["value"] = _boolean(raw, r.m.coded_values)
     except ValueError:
@@ -892,9 +1180,32 @@ def _observation(r: _Row, e: Element, fields: dict[str, Field]) -> dict[str, Any
         obs["date"] = d
     status = r.raw(fields.get("status"))
     if status is not None:
-        obs["status"] = str(status).strip().lower()
+        obs["status"] = _lab_status(status)
     obs["source"] = r.where
     return obs
+
+
+#: coded elements whose result may also be a number (a viral load: > 0 is detected); the
+#: normalizer reads numbers for these (normalize._coded)
+_NUMERIC_DETECT = frozenset({"hbv_dna", "hcv_rna"})
+#: HL7 v2 OBX-11 observation result status -> the FHIR status the normalizer knows (as in
+#: HL7's v2-to-FHIR concept map); only final / amended / corrected / appended count, and
+#: entered-in-error / cancelled results are dropped as never recorded
+_OBX11 = {"F": "final", "C": "corrected", "X": "cancelled", "D": "entered-in-error",
+          "W": "entered-in-error", "P": "preliminary", "R": "preliminary", "I": "registered"}
+_STATUS_SPELLINGS = {"canceled": "cancelled"}
+
+
+def _lab_status(raw: Any) -> str:
+    """A result status cell as the normalizer's (FHIR) status: tokenised like problem
+    verification statuses ("Entered in error", "entered_in_error" -> entered-in-error,
+    "Canceled" -> cancelled); a single HL7 v2 OBX-11 letter is translated (`_OBX11`). Any
+    other text is passed on tokenised, and the normalizer takes it as not final."""
+    s = str(raw).strip()
+    if len(s) == 1 and s.upper() in _OBX11:
+        return _OBX11[s.upper()]
+    tok = re.sub(r"[\s_\-]+", "-", s.lower())
+    return _STATUS_SPELLINGS.get(tok, tok)
 
 
 def _reference_range(r: _Row, e: Element, fields: dict[str, Field],
@@ -987,11 +1298,33 @@ def _exposure(r: _Row, xm: ElementMap) -> dict[str, Any] | None:
     return out
 
 
+_ZERO_DECIMALS = re.compile(r"^(\d+)\.0+$")
+
+
 def _patient_id(raw: Any) -> str:
-    # Parquet and spreadsheet round trips turn 1520204 into 1520204.0; ids compare as text.
+    # Parquet and spreadsheet round trips turn 1520204 into 1520204.0 (or the text
+    # "1520204.0"); ids compare as text.
     if isinstance(raw, float) and raw.is_integer():
         return str(int(raw))
-    return str(raw).strip()
+    s = str(raw).strip()
+    mt = _ZERO_DECIMALS.match(s)
+    return mt.group(1) if mt else s
+
+
+def _near_key(pid: str) -> str:
+    """What two ids that may be one id written differently have in common: case, surrounding
+    whitespace and leading zeros left out ("007", " 7", "AB1", "ab1")."""
+    key = pid.strip().casefold()
+    return key.lstrip("0") or ("0" if key else "")
+
+
+def _bad_id(pid: str) -> str | None:
+    """Why a patient id cannot be used, or None."""
+    if "\ufffd" in pid:
+        return (f"patient id {short_repr(pid, 80)} holds undecodable bytes (shown as U+FFFD), "
+                f"so two different ids may read the same; set the table's `encoding` in the "
+                f"mapping (e.g. encoding: cp1252 or latin-1 for a Windows / ISO-8859 export)")
+    return None
 
 
 @dataclass
@@ -1033,7 +1366,14 @@ class _LongStore:
                          "kind INTEGER NOT NULL, item BLOB NOT NULL)")
         # the patient ids met in the patients table (duplicates, orphans), on disk as well
         self._db.execute("CREATE TABLE seen (pid TEXT PRIMARY KEY) WITHOUT ROWID")
+        # every patient id of the patients table (read before it streams), and the ids of
+        # long-table rows that match none but look like one of them (see `find_near`)
+        self._db.execute("CREATE TABLE pids (pid TEXT PRIMARY KEY, key TEXT NOT NULL) "
+                         "WITHOUT ROWID")
+        self._db.execute("CREATE TABLE near (pid TEXT NOT NULL, orphan TEXT NOT NULL, "
+                         "PRIMARY KEY (pid, orphan)) WITHOUT ROWID")
         self._pending: list[tuple[int, str, int, bytes]] = []
+        self._any_near = False
         self._seq = 0
 
     def add(self, pid: str, file: str, kind: int, item: Any, issues: list[Issue]) -> None:
@@ -1073,6 +1413,39 @@ class _LongStore:
                 g.unmapped.setdefault(file, Counter())[item] += 1
             g.issues.extend(issues)
         return g
+
+    def find_near(self, pids: Iterator[str]) -> None:
+        """Record the patient ids of the patients table, then pair every long-table id that is
+        none of them with those it matches but for case, surrounding spaces or leading zeros
+        (`_near_key`): such rows may belong to that patient, so they must not be ignored."""
+        batch: list[tuple[str, str]] = []
+        for pid in pids:
+            batch.append((pid, _near_key(pid)))
+            if len(batch) >= self._BATCH:
+                self._db.executemany("INSERT OR IGNORE INTO pids VALUES (?, ?)", batch)
+                batch.clear()
+        self._db.executemany("INSERT OR IGNORE INTO pids VALUES (?, ?)", batch)
+        self._db.execute("CREATE INDEX pids_by_key ON pids (key)")
+        self._db.create_function("near_key", 1, _near_key, deterministic=True)
+        self._db.execute(
+            "INSERT OR IGNORE INTO near SELECT p.pid, o.pid FROM (SELECT DISTINCT pid FROM rows "
+            "WHERE pid NOT IN (SELECT pid FROM pids)) AS o JOIN pids AS p "
+            "ON p.key = near_key(o.pid)")
+        self._db.execute("CREATE INDEX near_by_orphan ON near (orphan, pid)")
+        self._db.commit()
+        self._any_near = self._db.execute("SELECT EXISTS (SELECT 1 FROM near)").fetchone()[0]
+
+    def near(self, pid: str) -> list[str]:
+        """The long-table ids without a patient row that look like this patient's id."""
+        if not self._any_near:
+            return []
+        return [o for (o,) in self._db.execute(
+            "SELECT orphan FROM near WHERE pid = ? ORDER BY orphan", (pid,))]
+
+    def near_of(self, orphan: str) -> list[str]:
+        """The patient ids a long-table id without a patient row looks like."""
+        return [p for (p,) in self._db.execute(
+            "SELECT pid FROM near WHERE orphan = ? ORDER BY pid", (orphan,))]
 
     def first_time(self, pid: str) -> bool:
         """Records a patient id of the patients table; False if it was met before."""
@@ -1145,11 +1518,12 @@ def _problem_target(m: Mapping, t: Table, code: str) -> tuple[str, dict[str, str
 
 
 def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
-                   loinc: dict[str, str]) -> list[tuple[str, int, dict[str, Any]]]:
-    """(patient id, kind, unusable item) for a row with extra fields, for every reading of it
-    (see `_rows`) that gives a patient id and a catalogue element: its values and dates cannot
-    be trusted, but dropped, an older result would decide. An undated unusable result hides
-    every result of its element (an unconfirmed condition keeps the condition unknown)."""
+                   loinc: dict[str, str], why: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """(patient id, kind, unusable item) for a row whose columns cannot be trusted (extra
+    fields, or a row the csv module cannot parse), for every reading of it (see `_rows`) that
+    gives a usable patient id and a catalogue element: its values and dates cannot be trusted,
+    but dropped, an older result would decide. An undated unusable result hides every result
+    of its element (an unconfirmed condition keeps the condition unknown)."""
     out: list[tuple[str, int, dict[str, Any]]] = []
     for cells in shifted:
         r = _Row(m, t, n, cells, [])
@@ -1157,12 +1531,14 @@ def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
         if pid_raw is None or code_raw is None:
             continue
         pid, code = _patient_id(pid_raw), str(code_raw).strip()
+        if _bad_id(pid):
+            continue
         item: dict[str, Any]
         if t.role == "labs":
             name = _lab_element(t, code, loinc)
             if name is None:
                 continue
-            item = {"element": name, "value": _unreadable("row with shifted columns"),
+            item = {"element": name, "value": _unreadable(why),
                     "source": r.where}
             kind = _OBSERVATION
         else:
@@ -1185,28 +1561,36 @@ def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
     add = store.add
     for t in m.labs + m.problems:
         cols = list(t.columns())
-        for n, cells, problem, shifted in _rows(m, t, base_dir, cols):
+        for n, cells, problems, shifted in _rows(m, t, base_dir, cols):
             tmp: list[Issue] = []
             r = _Row(m, t, n, cells, tmp)
-            if problem:
-                r.issue(None, "ragged_row", problem)
-                if not cells:
-                    links = _shifted_links(m, t, n, shifted, loinc) if shifted else []
-                    for pid, kind, item in links:
-                        what = (f"an undated unusable {item['element']} result"
-                                if kind == _OBSERVATION else "an unconfirmed condition")
-                        msg = (f"{problem.removesuffix('; row skipped')}: its cells cannot be "
-                               f"trusted; passed on to patient {pid!r} as {what}")
-                        add(pid, t.file, kind, item, [{**tmp[0], "msg": msg}])
-                    if not links:
-                        stray.extend(tmp)
-                    continue
+            for code, msg in problems:
+                r.issue(None, code, msg)
+            if problems and not cells:
+                why = {"ragged_row": "row with shifted columns",
+                       "inside_open_quote": "line inside a quote left open on an earlier line"
+                       }.get(problems[-1][0], "row that cannot be parsed")
+                links = _shifted_links(m, t, n, shifted, loinc, why) if shifted else []
+                for pid, kind, item in links:
+                    what = (f"an undated unusable {item['element']} result"
+                            if kind == _OBSERVATION else "an unconfirmed condition")
+                    msg = (f"{tmp[-1]['msg'].removesuffix('; row skipped')}: its cells cannot "
+                           f"be trusted; passed on to patient {pid!r} as {what}")
+                    add(pid, t.file, kind, item, tmp[:-1] + [{**tmp[-1], "msg": msg}])
+                if not links:
+                    stray.extend(tmp)
+                continue
             pid_raw = r.raw(t.fields["patient_id"])
             if pid_raw is None:
                 r.issue(t.fields["patient_id"], "missing_id", "row has no patient id; skipped")
                 stray.extend(tmp)
                 continue
             pid = _patient_id(pid_raw)
+            bad = _bad_id(pid)
+            if bad:
+                r.issue(t.fields["patient_id"], "bad_id", f"{bad}; row skipped")
+                stray.extend(tmp)
+                continue
             code_raw = r.raw(t.fields["code"])
             code = str(code_raw).strip() if code_raw is not None else ""
             label_raw = r.raw(t.fields.get("label"))
@@ -1326,6 +1710,53 @@ def _patient(m: Mapping, r: _Row, pid: str) -> Patient:
     return pt
 
 
+def _table_ids(m: Mapping, base_dir: str | Path | None) -> Iterator[str]:
+    """The usable patient ids of the patients table, read as `_iterate_with` reads them."""
+    t = m.patients
+    idf = t.fields["id"]
+    for n, cells, problems, _ in _rows(m, t, base_dir, [idf.column] if idf.column else []):
+        if problems and not cells:
+            continue
+        raw = _Row(m, t, n, cells, []).raw(idf)
+        if raw is None:
+            continue
+        pid = _patient_id(raw)
+        if not _bad_id(pid):
+            yield pid
+
+
+def _near_rows(store: _LongStore, r: _Row, pt: Patient, pid: str, orphan: str) -> None:
+    """The long-table rows of `orphan`, an id without a patient row that differs from the
+    patient's only in case, spaces or leading zeros, given to the patient as unusable: they may
+    be this patient's newest results (or conditions), so an older result, or a complete review,
+    must not decide. Their values are not used and the ids are never merged."""
+    g = store.get(orphan)
+    if g is None:
+        return
+    why = _unreadable(f"row of patient id {short_repr(orphan, 40)}, "
+                      f"not {short_repr(pid, 40)}")
+    names: list[str] = []
+    for o in g.observations:
+        item = {"element": o["element"], "value": why}
+        item.update({k: o[k] for k in ("date", "status", "source") if k in o})
+        pt["observations"].append(item)
+        names.append(o["element"])
+    for c in g.conditions:
+        if c.get("verification_status") in ("refuted", "entered-in-error"):
+            continue  # it never counts, whoever it belongs to
+        item = {k: v for k, v in c.items() if k not in ("verification_status", "source")}
+        item.update({"verification_status": "unconfirmed", "source": c.get("source", "")})
+        pt["conditions"].append(item)
+        names.append(str(c.get("element") or "a coded condition"))
+    tables = ", ".join(f"{k} rows in {f}" for f, k in sorted(g.rows.items()))
+    what = (f"; passed on as unusable for this patient: {', '.join(sorted(set(names)))}"
+            if names else "")
+    r.issue(r.t.fields["id"], "near_id",
+            f"{tables} have patient id {orphan!r}, which has no row in {r.t.file} and differs "
+            f"from this patient's id {pid!r} only in case, spaces or leading zeros; the ids are "
+            f"not merged and those rows' values are not used{what}")
+
+
 def iter_patients(mapping: Mapping, base_dir: str | Path | None = None) -> Iterator[Record]:
     """Yield ``(locator, patient or None, issues)`` for every record, in patients-table order.
 
@@ -1351,21 +1782,28 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
     stray: list[Issue] = []
     _load_long(m, base_dir, stray, store)
     t = m.patients
+    if m.labs or m.problems:
+        store.find_near(_table_ids(m, base_dir))
     cols = sorted({f.column for f in _patient_fields(m).values() if f.column is not None})
-    for n, cells, problem, _ in _rows(m, t, base_dir, cols):
+    for n, cells, problems, _ in _rows(m, t, base_dir, cols):
         issues: list[Issue] = []
         r = _Row(m, t, n, cells, issues)
-        if problem:
-            r.issue(None, "ragged_row", problem)
-            if not cells:
-                yield r.where, None, issues
-                continue
+        for code, msg in problems:
+            r.issue(None, code, msg)
+        if problems and not cells:
+            yield r.where, None, issues
+            continue
         pid_raw = r.raw(t.fields["id"])
         if pid_raw is None:
             r.issue(t.fields["id"], "missing_id", "patient row has no id; row skipped")
             yield r.where, None, issues
             continue
         pid = _patient_id(pid_raw)
+        bad = _bad_id(pid)
+        if bad:
+            r.issue(t.fields["id"], "bad_id", f"{bad}; row skipped")
+            yield r.where, None, issues
+            continue
         if not store.first_time(pid):
             # Screened as its own record, like a repeated id in NDJSON: the rows may differ and
             # only the coordinator can say which is right (the batch lists both).
@@ -1379,15 +1817,20 @@ def _iterate_with(m: Mapping, base_dir: str | Path | None, store: _LongStore
             pt["conditions"].extend(g.conditions)
             _summarise_unmapped(g)
             issues.extend(g.issues)
+        for orphan in store.near(pid):
+            _near_rows(store, r, pt, pid, orphan)
         yield r.where, pt, issues
     # Sorted so that the output does not depend on dict insertion details of the long tables.
     for pid in store.orphan_ids():
         g = store.get(pid)
         assert g is not None
         tables = ", ".join(f"{k} rows in {f}" for f, k in sorted(g.rows.items()))
+        like = ", ".join(map(repr, store.near_of(pid)))
+        note = (f" (it looks like patient id {like}, which gets its elements as unusable "
+                f"results: ids are not merged)" if like else "")
         issues = [{"loc": t.file, "code": "orphan_rows",
                    "msg": f"patient id {pid!r} has {tables} but no row in {t.file}; "
-                          f"its data is not used"}]
+                          f"its data is not used{note}"}]
         yield f"{t.file}:patient {pid}", None, issues + g.issues
     by_file: dict[str, list[Issue]] = {}
     for i in stray:
