@@ -278,7 +278,15 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     Element("renal_dysfunction", "condition", "severe renal dysfunction",
             icd10=("N17", "N184", "N185", "N186", "Z992"),
             broader_icd10=("N183", "N189", "N19")),
-    Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction"),
+    # No code says "severe": intestinal obstruction and ileus (K56), perforation (K63.1),
+    # toxic megacolon (K59.31), acute pancreatitis (K85), intestinal failure and short bowel
+    # (K91.2), GI graft-versus-host disease (K93.8 is not specific: D89.81 with a GI code)
+    # are possible only: unknown while active, so that a reviewed list with a coded
+    # obstruction is not read as "no GI dysfunction" (second rule review, by analogy with
+    # infections). A broader code makes one element possible: K55.0 (acute intestinal
+    # ischaemia) goes to arterial_thrombosis.
+    Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction",
+            broader_icd10=("K56", "K631", "K5931", "K85", "K912", "K559", "D8981")),
     Element("epilepsy", "condition", "epilepsy", snomed=("84757009",), icd10=("G40", "G41")),
     Element("antiepileptic_therapy", "boolean", "currently on antiepileptic therapy"),
     Element("blinatumomab_hypersensitivity", "condition",

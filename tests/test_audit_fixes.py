@@ -480,3 +480,27 @@ def test_a_leap_day_birthday_on_28_february_is_not_guessed(
     assert v["verdict"] == verdict_, v
     if verdict_ == "unknown":
         assert "29 February" in v["missing"][0]["reason"], v
+
+
+@pytest.mark.parametrize("code, trial, criterion", [
+    ("J18.9", T1, "exc_active_infection"),        # pneumonia: possible active infection
+    ("B44.1", T1, "exc_active_infection"),        # invasive aspergillosis
+    ("K56.609", T2, "exc_organ_dysfunction"),     # intestinal obstruction: possible severe GI
+])
+def test_a_coded_possible_condition_on_a_reviewed_list_is_not_absence(
+        screener: Screener, code: str, trial: str, criterion: str) -> None:
+    """Elements without codes of their own were 'proven absent' by any reviewed list: a
+    coded pneumonia read as 'no active infection' (second rule review)."""
+    p = {"conditions": [{"codes": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                    "code": code}],
+                         "onset": "2026-11-01", "clinical_status": "active"}],
+         "reviewed": {"conditions": "2026-11-20"}}
+    assert verdict(screener, p, criterion, trial)["verdict"] == "unknown"
+
+
+@pytest.mark.parametrize("code", ["Z98.61", "Z95.810", "Z95.5"])
+def test_coded_cardiovascular_procedure_status_excludes(screener: Screener, code: str) -> None:
+    p = {"conditions": [{"codes": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                    "code": code}], "onset": "2024-05-01"}],
+         "reviewed": {"conditions": "2026-11-20"}}
+    assert verdict(screener, p, "exc_cv_procedure")["verdict"] == "met"
