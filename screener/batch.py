@@ -784,7 +784,14 @@ def _inputs_difference(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> 
     for p in b:
         if p in a and a[p] != b[p]:
             what = [k for k in ("size", "sha256", "mtime_ns") if a[p].get(k) != b[p].get(k)]
-            notes.append(f"{p} changed ({', '.join(what) or 'kind'})")
+            if what:
+                notes.append(f"{p} changed ({', '.join(what)})")
+            elif a[p].get("name") != b[p].get("name"):
+                # the same file spelled otherwise: its records' locators would differ
+                notes.append(f"{p} was given as {a[p].get('name')!r}, now as "
+                             f"{b[p].get('name')!r}")
+            else:
+                notes.append(f"{p} is read as another kind of input")
     if not notes and [i.get("name") for i in old] != [i.get("name") for i in new]:
         notes.append("the inputs are given in another order or spelling")
     return "inputs changed: " + ("; ".join(notes[:5]) or "kind or order")

@@ -319,8 +319,17 @@ def sampled_assignments(slots: Mapping[str, Slot], thresholds: Mapping[str, list
     domains = _domains(keys, slots, thresholds, False)
     rng = random.Random(0)
     links = _window_links(slots)
-    out = ({k: rng.choice(d) for k, d in zip(keys, domains, strict=True)} for _ in range(n))
-    return [f for f in out if _consistent(f, links)]
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        f = {k: rng.choice(d) for k, d in zip(keys, domains, strict=True)}
+        # drawn independently, linked slots would almost never agree (and every draw would be
+        # dropped): the longer window takes what the shorter one implies
+        for short, long, how in links:
+            if how is None or f[short] == how:
+                f[long] = f[short]
+        if _consistent(f, links):
+            out.append(f)
+    return out
 
 
 def _domains(keys: list[str], slots: Mapping[str, Slot], thresholds: Mapping[str, list[int]],
@@ -572,7 +581,8 @@ class Linter:
                       + (f"; thresholds are in {unit} (docs/data-elements.md)" if unit else ""))
 
     def unit(self, c: Criterion, leaf: Compare, el: Element, p: Path) -> bool:
-        if el.unit == "%" and leaf.slot.mode == "value":
+        if el.unit == "%" and leaf.slot.mode == "value" and el.plausible \
+                and el.plausible[0] >= 1:   # not blasts: 0.01 % is an MRD level
             for i, v in enumerate(leaf.values):
                 x = decode_number(int(v))
                 if 0 < x < 1:
@@ -708,6 +718,8 @@ class Linter:
         sampled = facts is None
         if facts is None:
             facts = sampled_assignments(slots, ts)
+        if not facts:
+            return   # nothing to judge by (a sample that the window links emptied)
         seen = outcomes(c.logic, facts)
         # too many combinations to try all: what a sample showed, as a warning
         scope = (f" (seen in {len(facts):,} sampled combinations: too many to try all)"
@@ -750,7 +762,7 @@ class Linter:
             sampled = facts is None
             if facts is None:
                 facts = sampled_assignments({**na, **nb}, thresholds_by_slot(nodes))
-            if any(favourable(a, f) and favourable(b, f) for f in facts):
+            if not facts or any(favourable(a, f) and favourable(b, f) for f in facts):
                 continue
             line = self.doc.pos(("criteria", i))[0]
             scope = (f" (seen in {len(facts):,} sampled combinations: too many to try all)"

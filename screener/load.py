@@ -65,7 +65,7 @@ class _LoadError(Exception):
 #: the only number spellings taken: YAML 1.1 also reads 020 as octal 16, 1:30 as base-60 90,
 #: 0x10, 0b1010 and 1_000, which a rule author writing a threshold or a window does not mean
 _DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_DECIMAL_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_DECIMAL_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
                             r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 
 

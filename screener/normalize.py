@@ -928,8 +928,9 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
         return
     onset_last = _period_end(item.get("onset"), onset)
     if onset is not None and item.get("onset_from") in _ONSET_UPPER_BOUNDS:
-        # only the date it was recorded: it began on that day or at any time before
-        onset, onset_last = None, onset
+        # only a latest date: it began then or at any time before (a partial date: up to the
+        # end of its month or year)
+        onset, onset_last = None, onset_last
     abatement = abatement_last = None
     if item.get("abatement") is not None:
         d, _ = parse_date(item.get("abatement"))

@@ -58,9 +58,9 @@ RESERVED_IDS = frozenset({"status"})
 
 def number_problem(x: Any) -> str:
     """Why `scale_number` refused a threshold, in the author's terms."""
-    if isinstance(x, str) and re.fullmatch(r"[-+]?[0-9]+[eE][-+]?[0-9]+", x.strip()):
-        return (f"got {x!r}, which YAML reads as text (an exponent needs a '.': 6.0e1), "
-                "or write it in plain decimal")
+    if isinstance(x, str) and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+[eE][-+]?[0-9]+", x.strip()):
+        return (f"got {x!r}, which YAML reads as text (it takes an exponent only with a '.' "
+                "and a sign: 6.0e+1); write it in plain decimal")
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         d = Decimal(str(x))
         if not d.is_finite():

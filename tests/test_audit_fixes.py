@@ -504,3 +504,14 @@ def test_coded_cardiovascular_procedure_status_excludes(screener: Screener, code
                                     "code": code}], "onset": "2024-05-01"}],
          "reviewed": {"conditions": "2026-11-20"}}
     assert verdict(screener, p, "exc_cv_procedure")["verdict"] == "met"
+
+
+def test_a_partial_onset_that_is_only_a_latest_date_keeps_its_month_end(
+        screener: Screener) -> None:
+    """onset "2025-11" with onset_from on_or_before: began by 30 November, not by the 1st
+    (review of the day's code: it was read as 'by 1 November', a wrong not_met)."""
+    p = {"conditions": [{"element": "myocardial_infarction", "onset": "2025-11",
+                         "onset_from": "on_or_before"}],
+         "reviewed": {"conditions": "2026-02-15"}}
+    v = verdict(screener, p, "exc_organ_dysfunction", T2, as_of=date(2026, 2, 20))
+    assert v["verdict"] == "unknown", v       # 22-30 November is within 90 days of as_of

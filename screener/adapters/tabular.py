@@ -939,7 +939,10 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
             if readable and not problems and not row:
                 continue  # csv yields [] for blank lines; they are not records
             n = first - 1 if not t.multiline else n + 1
-            if not readable:
+            if not readable or (len(row) != width and any(
+                    code == "unbalanced_quote" for code, _ in problems)):
+                # a line cut at an open quote (a real quoted line break, or a stray quote)
+                # that does not have the header's width: its cells cannot be placed
                 yield n, {}, problems, _readings(row, index, width)
                 continue
             if trailing is None and not problems:  # the first clean data row decides
@@ -1528,11 +1531,20 @@ def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
     for cells in shifted:
         r = _Row(m, t, n, cells, [])
         pid_raw, code_raw = r.raw(t.fields["patient_id"]), r.raw(t.fields["code"])
-        if pid_raw is None or code_raw is None:
+        if pid_raw is None:
             continue
-        pid, code = _patient_id(pid_raw), str(code_raw).strip()
+        pid = _patient_id(pid_raw)
         if _bad_id(pid):
             continue
+        if code_raw is None:
+            # whose row it is can be read, what it records cannot (a line cut at a quote
+            # before its code column): it may be any result or problem the table holds, so
+            # each of them is unusable for this patient (dropped, an older one would decide)
+            for any_item, any_kind in _anything(t, r.where, why):
+                if all((pid, any_item) != (p, i) for p, _, i in out):
+                    out.append((pid, any_kind, any_item))
+            continue
+        code = str(code_raw).strip()
         item: dict[str, Any]
         if t.role == "labs":
             name = _lab_element(t, code, loinc)
@@ -1554,6 +1566,15 @@ def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
     return out
 
 
+def _anything(t: Table, where: str, why: str) -> list[tuple[dict[str, Any], int]]:
+    """An unusable item of every element a long table may hold (see `_shifted_links`)."""
+    if t.role == "labs":
+        return [({"element": n, "value": _unreadable(why), "source": where}, _OBSERVATION)
+                for n, e in sorted(ELEMENTS.items()) if e.loinc]
+    return [({"element": n, "verification_status": "unconfirmed", "source": where},
+             _CONDITION) for n, e in sorted(ELEMENTS.items()) if e.kind == "condition"]
+
+
 def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
                store: _LongStore) -> None:
     """Read every long table once and file its parsed rows by patient id (see Memory)."""
@@ -1571,12 +1592,23 @@ def _load_long(m: Mapping, base_dir: str | Path | None, stray: list[Issue],
                        "inside_open_quote": "line inside a quote left open on an earlier line"
                        }.get(problems[-1][0], "row that cannot be parsed")
                 links = _shifted_links(m, t, n, shifted, loinc, why) if shifted else []
+                per_pid: dict[str, list[tuple[int, dict[str, Any]]]] = {}
                 for pid, kind, item in links:
-                    what = (f"an undated unusable {item['element']} result"
-                            if kind == _OBSERVATION else "an unconfirmed condition")
+                    per_pid.setdefault(pid, []).append((kind, item))
+                for pid, items in per_pid.items():
+                    names = [i.get("element") or "a condition" for _, i in items]
+                    kind0 = items[0][0]
+                    what = (f"an undated unusable {names[0]} result" if len(items) == 1
+                            and kind0 == _OBSERVATION else "an unconfirmed condition"
+                            if len(items) == 1 else
+                            f"{len(items)} unusable results or unconfirmed conditions (every "
+                            "element the row may hold)")
                     msg = (f"{tmp[-1]['msg'].removesuffix('; row skipped')}: its cells cannot "
                            f"be trusted; passed on to patient {pid!r} as {what}")
-                    add(pid, t.file, kind, item, tmp[:-1] + [{**tmp[-1], "msg": msg}])
+                    for j, (kind, item) in enumerate(items):
+                        # the row's issues once per patient, not once per element
+                        add(pid, t.file, kind, item,
+                            tmp[:-1] + [{**tmp[-1], "msg": msg}] if j == 0 else [])
                 if not links:
                     stray.extend(tmp)
                 continue
