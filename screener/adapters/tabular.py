@@ -97,9 +97,12 @@ for the process, never lowered); a row the csv module still cannot parse gets an
 ``unreadable_row`` issue and is handled like a row with shifted columns, its first line split at
 the delimiter to tell whose row it is; the rows after it are read in step (with
 ``multiline_fields``, after the line where its quotes balance, so text inside a long comment
-cannot make rows). Empty fields after the last column, as many as on the first data row (a
-trailing delimiter on every line), are dropped; any other row with more fields than the header
-is a row with shifted columns.
+cannot make rows). A trailing delimiter on every line shows in the header too (empty last
+names): as many empty fields are dropped from every row; any other row with more fields than the
+header is a row with shifted columns. A lab or problem row with fewer fields than a mapped
+column needs (a line break inside a field) is one too: its cells cannot be placed, and when its
+patient can be read but not its code, every element the table may hold is unusable for that
+patient.
 
 Patient ids are compared as text after trimming; ``123.0`` (a spreadsheet round trip: digits,
 ``.``, zeros only) reads as ``123``. An id holding U+FFFD (bytes the table's ``encoding`` cannot
@@ -838,15 +841,27 @@ def _records(fh: Any, t: Table) -> Iterator[tuple[int, list[str], list[RowProble
                 # the record may go on over more lines (a long quoted comment): skip to where
                 # its quotes balance, so that text inside it is not read as rows
                 quotes = sum(line.count('"') for _, line in taken)
+                skipped: list[tuple[int, str]] = list(taken[1:])
                 while quotes % 2:
                     line = next(lines.feed, None)
                     if line is None:
                         break
+                    skipped.append(lines.taken[-1])
                     quotes += line.count('"')
             yield first, _split_line(raw, t.delimiter), [(
                 "unreadable_row",
                 f"row cannot be parsed ({cut(str(error), 100)}); row skipped")], \
                 False
+            if t.multiline:
+                # the lines skipped may be text of that field or rows (a literal quote, an
+                # inch mark, makes the count odd): never dropped in silence
+                for n_, line_ in skipped:
+                    if line_.strip():
+                        yield n_, _split_line(line_, t.delimiter), [(
+                            "inside_open_quote",
+                            f"this line follows a row that could not be parsed (line {first}) "
+                            "before its quotes balanced: it may be a row of its own or text of "
+                            "that field; not used")], False
             continue
         if lines.eof or (len(taken) > 1 and not t.multiline):
             # A quote opened in this line is not closed before its end (or, with multi-line
@@ -911,8 +926,9 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
     unquoted delimiter somewhere shifted them; or a row the csv module cannot parse) gives no
     cells but ``shifted``: every way of reading the given columns (see `_readings`). The caller
     may use them to find which patient and element the row belongs to, never its values.
-    Extra fields that are all empty, in the number the first data row has them, are a trailing
-    delimiter on every line and are dropped."""
+    Empty fields matching empty names at the end of the header (a trailing delimiter on
+    every line) are dropped; a long-table row too short for its mapped columns is unreadable
+    as well (padded, its value would read as blank and an older result decide)."""
     path = _resolve(m, t, base_dir)
     if t.format == "parquet":
         import pyarrow.parquet as pq
@@ -932,8 +948,14 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
         header_rec = next(records, None)
         header = header_rec[1] if header_rec else []
         index = [(c, header.index(c)) for c in columns]
-        width = len(header)
-        trailing: int | None = None  # empty fields after the last column, per the first row
+        # A trailing delimiter on every line shows in the header too (an empty last name):
+        # those empty fields are dropped from every row. Guessed from a data row instead, a
+        # row shifted by an unquoted delimiter was taken for one and read in place (review).
+        trailing = 0
+        while len(header) > trailing and not header[len(header) - trailing - 1].strip():
+            trailing += 1
+        width = len(header) - trailing
+        last_needed = max((i for _, i in index), default=-1)
         n = 0
         for first, row, problems, readable in records:
             if readable and not problems and not row:
@@ -945,9 +967,6 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
                 # that does not have the header's width: its cells cannot be placed
                 yield n, {}, problems, _readings(row, index, width)
                 continue
-            if trailing is None and not problems:  # the first clean data row decides
-                extra = row[width:]
-                trailing = len(extra) if not any(f.strip() for f in extra) else 0
             if trailing and len(row) == width + trailing and \
                     not any(f.strip() for f in row[width:]):
                 row = row[:width]
@@ -958,10 +977,21 @@ def _rows(m: Mapping, t: Table, base_dir: str | Path | None, columns: list[str]
                                                       f"header has {width}; row skipped")]
                 yield n, {}, problems, _readings(row, index, width)
                 continue
-            if len(row) < width:
+            if len(row) < width and last_needed >= len(row) and t.role != "patients":
+                # a mapped column is missing: the line may be cut (a line break inside a
+                # field) and its cells cannot be placed (padded, its value read as blank, the
+                # older result decided)
                 problems = problems + [("ragged_row", f"row has {len(row)} fields but the "
-                                                      f"header has {width}; missing fields "
-                                                      f"read as blank")]
+                                                      f"header has {width}; row skipped")]
+                yield n, {}, problems, _readings(row, index, width)
+                continue
+            if len(row) < width:
+                # only unmapped columns at the end are missing (trailing empty fields left
+                # out), or a patients-table row, where a missing cell is no data (unknown)
+                if last_needed >= len(row):
+                    problems = problems + [("ragged_row", f"row has {len(row)} fields but the "
+                                                          f"header has {width}; missing fields "
+                                                          f"read as blank")]
                 row = row + [""] * (width - len(row))
             yield n, {c: row[i] for c, i in index}, problems, []
 
@@ -1194,8 +1224,9 @@ _NUMERIC_DETECT = frozenset({"hbv_dna", "hcv_rna"})
 #: HL7 v2 OBX-11 observation result status -> the FHIR status the normalizer knows (as in
 #: HL7's v2-to-FHIR concept map); only final / amended / corrected / appended count, and
 #: entered-in-error / cancelled results are dropped as never recorded
-_OBX11 = {"F": "final", "C": "corrected", "X": "cancelled", "D": "entered-in-error",
-          "W": "entered-in-error", "P": "preliminary", "R": "preliminary", "I": "registered"}
+_OBX11 = {"F": "final", "C": "corrected", "A": "amended", "X": "cancelled",
+          "D": "entered-in-error", "W": "entered-in-error", "P": "preliminary",
+          "R": "preliminary", "I": "registered"}
 _STATUS_SPELLINGS = {"canceled": "cancelled"}
 
 
@@ -1568,9 +1599,10 @@ def _shifted_links(m: Mapping, t: Table, n: int, shifted: list[dict[str, Any]],
 
 def _anything(t: Table, where: str, why: str) -> list[tuple[dict[str, Any], int]]:
     """An unusable item of every element a long table may hold (see `_shifted_links`)."""
-    if t.role == "labs":
+    if t.role == "labs":   # by LOINC, or by element name in a `system: element` table
         return [({"element": n, "value": _unreadable(why), "source": where}, _OBSERVATION)
-                for n, e in sorted(ELEMENTS.items()) if e.loinc]
+                for n, e in sorted(ELEMENTS.items())
+                if e.kind in ("quantity", "coded", "boolean")]
     return [({"element": n, "verification_status": "unconfirmed", "source": where},
              _CONDITION) for n, e in sorted(ELEMENTS.items()) if e.kind == "condition"]
 
