@@ -53,6 +53,13 @@ def _all_issues(recs: list[Any]) -> list[dict[str, str]]:
     return [i for _, _, iss in recs for i in iss]
 
 
+def _liver_verdict(p: dict[str, Any]) -> str:
+    """NCT06930105's transaminase criterion for an adapter's patient (ALT / AST x ULN)."""
+    report = Screener.from_paths([str(ROOT / "rules")]).screen("NCT06930105", p, AS_OF)
+    return str(next(c for c in report["criteria"]
+                    if c["id"] == "inc_liver_transaminases")["verdict"])
+
+
 def _alts(p: dict[str, Any]) -> list[tuple[Any, Any, str]]:
     return [(o["value"], o.get("date"), o["source"]) for o in p["observations"]
             if o["element"] == "alt"]
@@ -94,10 +101,7 @@ def test_unclosed_quote_does_not_swallow_the_following_lines(tmp_path: Path) -> 
     assert "multiline_fields" in quote[0]["msg"]
     # neither patient's ALT is decided by the older result
     for pid in ("1", "2"):
-        report = Screener.from_paths([str(ROOT / "rules")]).screen(
-            "NCT06930105", p[pid], AS_OF)
-        v = next(c for c in report["criteria"] if c["id"] == "inc_liver_transaminases")
-        assert v["verdict"] == "unknown", (pid, v)
+        assert _liver_verdict(p[pid]) == "unknown", pid
 
 
 def test_unclosed_quote_that_shifts_the_columns_is_unusable_for_its_patient(
@@ -438,10 +442,7 @@ def test_a_line_cut_at_a_quote_before_its_code_leaves_nothing_to_an_older_result
             '1,"two-line\nnote",1742-6,200,U/L,40,2026-11-10\n'
             "1,,1920-8,30,U/L,40,2026-11-01\n")
     recs = _run(tmp_path, "pid\n1\n", labs)
-    p = _by_id(recs)["1"]
-    report = Screener.from_paths([str(ROOT / "rules")]).screen("NCT06930105", p, AS_OF)
-    v = next(c for c in report["criteria"] if c["id"] == "inc_liver_transaminases")
-    assert v["verdict"] == "unknown", v
+    assert _liver_verdict(_by_id(recs)["1"]) == "unknown"
     codes = [c for _, c in _codes(_all_issues(recs)) if c == "unbalanced_quote"]
     assert codes == ["unbalanced_quote"]          # once, not once per element
 
@@ -471,8 +472,4 @@ def test_a_short_long_table_row_missing_mapped_columns_is_not_padded(tmp_path: P
     labs = ("pid,comment,loinc,val,unit,hi,d\n"
             "1,,1742-6,30,U/L,40,2026-11-01\n"
             "1,hemolysed\r\nrepeat,1742-6,200,U/L,40,2026-11-10\n")
-    recs = _run(tmp_path, "pid\n1\n", labs)
-    p = _by_id(recs)["1"]
-    report = Screener.from_paths([str(ROOT / "rules")]).screen("NCT06930105", p, AS_OF)
-    v = next(c for c in report["criteria"] if c["id"] == "inc_liver_transaminases")
-    assert v["verdict"] == "unknown", v
+    assert _liver_verdict(_by_id(_run(tmp_path, "pid\n1\n", labs))["1"]) == "unknown"
