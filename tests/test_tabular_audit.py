@@ -473,3 +473,13 @@ def test_a_short_long_table_row_missing_mapped_columns_is_not_padded(tmp_path: P
             "1,,1742-6,30,U/L,40,2026-11-01\n"
             "1,hemolysed\r\nrepeat,1742-6,200,U/L,40,2026-11-10\n")
     assert _liver_verdict(_by_id(_run(tmp_path, "pid\n1\n", labs))["1"]) == "unknown"
+
+
+def test_a_shifted_row_of_another_analyte_leaves_ours_alone(tmp_path: Path) -> None:
+    """A shifted potassium row (a well-formed LOINC the catalogue does not screen) says
+    nothing about ALT: the older ALT still decides."""
+    labs = ("pid,comment,loinc,val,unit,hi,d\n"
+            "1,,1742-6,30,U/L,40,2026-11-01\n"
+            "1,,1920-8,30,U/L,40,2026-11-01\n"
+            "1,haemolysed, repeat,2823-3,4.1,mmol/L,5.1,2026-11-15\n")
+    assert _liver_verdict(_by_id(_run(tmp_path, "pid\n1\n", labs))["1"]) == "met"
