@@ -231,6 +231,12 @@ def test_an_implausible_upper_limit_decides_nothing(screener: Screener) -> None:
 
 # --- second audit: element semantics (reproducers of a tester, inline) ------------------
 
+def lab(element: str, value: float, when: str) -> dict[str, Any]:
+    """A transaminase-like result in U/L with an upper limit of 40 (the audit cases' usual)."""
+    return {"element": element, "value": value, "unit": "U/L",
+            "reference_range": {"high": 40}, "date": when}
+
+
 SECOND_AUDIT: dict[str, tuple[dict[str, Any], str, str]] = {
     'r1_sticky_window': (
         {'conditions': [{'element': 'dvt', 'onset': '2026-06-01', 'clinical_status': 'active'}],
@@ -269,22 +275,14 @@ SECOND_AUDIT: dict[str, tuple[dict[str, Any], str, str]] = {
          'reviewed': {'conditions': '2026-11-20'}},
         'exc_venous_thrombosis', 'met'),
     'r3c_obs_name_with_loinc': (
-        {'observations': [{'element': 'alt',
-                           'value': 30,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-11-01'},
+        {'observations': [lab('alt', 30, '2026-11-01'),
                           {'element': 'SGPT',
                            'code': {'system': 'http://loinc.org', 'code': '1742-6'},
                            'value': 400,
                            'unit': 'U/L',
                            'reference_range': {'high': 40},
                            'date': '2026-11-20'},
-                          {'element': 'ast',
-                           'value': 30,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-11-01'}]},
+                          lab('ast', 30, '2026-11-01')]},
         'inc_liver_transaminases', 'not_met'),
     'r4_two_codes': (
         {'conditions': [{'codes': [{'system': 'http://hl7.org/fhir/sid/icd-10',
@@ -302,26 +300,10 @@ SECOND_AUDIT: dict[str, tuple[dict[str, Any], str, str]] = {
          'reviewed': {'conditions': '2026-11-20'}},
         'exc_arterial_thrombosis', 'met'),
     'r5_partial_date_window': (
-        {'observations': [{'element': 'ast',
-                           'value': 20,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-11-20'},
-                          {'element': 'alt',
-                           'value': 30,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-10-25'},
-                          {'element': 'alt',
-                           'value': 400,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-10'},
-                          {'element': 'alt',
-                           'value': 30,
-                           'unit': 'U/L',
-                           'reference_range': {'high': 40},
-                           'date': '2026-09-01'}]},
+        {'observations': [lab('ast', 20, '2026-11-20'),
+                          lab('alt', 30, '2026-10-25'),
+                          lab('alt', 400, '2026-10'),
+                          lab('alt', 30, '2026-09-01')]},
         'inc_liver_transaminases', 'unknown'),
     'r6_age_conflict': (
         {'birth_date': '1966-01-01', 'age': 61},
