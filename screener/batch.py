@@ -914,11 +914,73 @@ def run_batch(opts: BatchOptions, err: IO[str] | None = None) -> tuple[dict[str,
     inputs = classify_inputs(opts.inputs, opts.mapping)
 
     out = Path(opts.out)
-    lock = _lock_out(out)   # held until this function returns; released by the OS on a kill
-    try:
-        return _run_locked(opts, err, started, rules, meta, ids, mapping, inputs, out)
-    finally:
-        lock.close()
+    with _lock_out(out):   # held until the run ends; released by the OS on a kill
+        manifest = _manifest(meta, ids, inputs, opts, mapping)
+        _prepare_out(out, manifest, opts.force)
+
+        spec = Spec(rules, tuple((tid, meta.get(tid).hash) for tid in ids), opts.as_of.isoformat(),
+                    opts.engine, opts.fmt, SUB_BATCH, os.getpid(), manifest["code"])
+        suffix = _part_suffix(opts.fmt)
+        mdir, edir = out / "matrix", out / "errors"
+        done = {p.name[5:-len(suffix)] for p in mdir.glob(f"part-*{suffix}")}
+
+        show = err.isatty() if opts.progress is None else opts.progress
+        total = None
+        if show and all(i.kind == "ndjson" for i in inputs):
+            total = sum(count_lines(i.path) for i in inputs)
+        progress = Progress(err, total, show, "lines" if total is not None else "records")
+        stats = RunStats(chunks_done_before=len(done), trials=len(ids))
+
+        def chunks() -> Iterator[Chunk]:
+            for inp in inputs:
+                for chunk, _cid, n in iter_chunks(inp, opts.chunk_size, mapping, done.__contains__):
+                    if chunk is None:
+                        progress.advance(n, fresh=False)
+                    else:
+                        yield chunk
+
+        def store(res: ChunkResult, n_items: int) -> None:
+            # errors first, the matrix part last: the matrix part is the chunk's done-marker
+            atomic_write(edir / f"part-{res.cid}.jsonl", res.errors)
+            atomic_write(mdir / f"part-{res.cid}{suffix}", res.matrix)
+            stats.chunks_run += 1
+            stats.records_run += res.records
+            stats.screened_run += res.screened
+            for k, v in res.seconds.items():
+                stats.worker_seconds[k] = stats.worker_seconds.get(k, 0.0) + v
+            progress.advance(n_items, fresh=True)
+
+        workers = default_workers() if opts.workers is None else opts.workers
+        stats.workers = workers
+        try:
+            if opts.scheduler:
+                stats.workers = _run_dask(opts.scheduler, spec, chunks(), store)
+            elif workers <= 0:
+                w = _Worker(spec)
+                try:
+                    for c in chunks():
+                        store(w.screen(c), c.count)
+                finally:
+                    w.screener.close()
+            else:
+                _run_pool(spec, chunks(), store, workers)
+        finally:
+            progress.close()
+
+        summary = finalize(out, manifest)
+        stats.records = summary["records"]["total"]
+        stats.screened = summary["records"]["screened"]
+        stats.not_screened = summary["records"]["not_screened"]
+        stats.value_issues = summary["records"]["value_issues"]
+        stats.seconds = time.monotonic() - started
+        rate = stats.screened_run * len(ids) / stats.seconds if stats.seconds else 0.0
+        resumed = (f", resumed: {stats.chunks_done_before} chunk(s) were already done"
+                   if stats.chunks_done_before else "")
+        err.write(f"screened {stats.screened:,} of {stats.records:,} records against {len(ids)} "
+                  f"trial(s) ({stats.not_screened:,} not screened, {stats.value_issues:,} value "
+                  f"issues; see errors.jsonl) in {stats.seconds:.1f} s, {rate:,.0f} patient-trial "
+                  f"screens/s{resumed}; outputs in {out}\n")
+        return summary, stats
 
 
 def _lock_out(out: Path) -> IO[str]:
@@ -941,77 +1003,6 @@ def _lock_out(out: Path) -> IO[str]:
     fh.write(f"pid {os.getpid()}\n")
     fh.flush()
     return fh
-
-
-def _run_locked(opts: BatchOptions, err: IO[str], started: float, rules: tuple[str, ...],
-                meta: Screener, ids: list[str], mapping: Any, inputs: list[Input],
-                out: Path) -> tuple[dict[str, Any], RunStats]:
-    manifest = _manifest(meta, ids, inputs, opts, mapping)
-    _prepare_out(out, manifest, opts.force)
-
-    spec = Spec(rules, tuple((tid, meta.get(tid).hash) for tid in ids), opts.as_of.isoformat(),
-                opts.engine, opts.fmt, SUB_BATCH, os.getpid(), manifest["code"])
-    suffix = _part_suffix(opts.fmt)
-    mdir, edir = out / "matrix", out / "errors"
-    done = {p.name[5:-len(suffix)] for p in mdir.glob(f"part-*{suffix}")}
-
-    show = err.isatty() if opts.progress is None else opts.progress
-    total = None
-    if show and all(i.kind == "ndjson" for i in inputs):
-        total = sum(count_lines(i.path) for i in inputs)
-    progress = Progress(err, total, show, "lines" if total is not None else "records")
-    stats = RunStats(chunks_done_before=len(done), trials=len(ids))
-
-    def chunks() -> Iterator[Chunk]:
-        for inp in inputs:
-            for chunk, _cid, n in iter_chunks(inp, opts.chunk_size, mapping, done.__contains__):
-                if chunk is None:
-                    progress.advance(n, fresh=False)
-                else:
-                    yield chunk
-
-    def store(res: ChunkResult, n_items: int) -> None:
-        # errors first, the matrix part last: the matrix part is the chunk's done-marker
-        atomic_write(edir / f"part-{res.cid}.jsonl", res.errors)
-        atomic_write(mdir / f"part-{res.cid}{suffix}", res.matrix)
-        stats.chunks_run += 1
-        stats.records_run += res.records
-        stats.screened_run += res.screened
-        for k, v in res.seconds.items():
-            stats.worker_seconds[k] = stats.worker_seconds.get(k, 0.0) + v
-        progress.advance(n_items, fresh=True)
-
-    workers = default_workers() if opts.workers is None else opts.workers
-    stats.workers = workers
-    try:
-        if opts.scheduler:
-            stats.workers = _run_dask(opts.scheduler, spec, chunks(), store)
-        elif workers <= 0:
-            w = _Worker(spec)
-            try:
-                for c in chunks():
-                    store(w.screen(c), c.count)
-            finally:
-                w.screener.close()
-        else:
-            _run_pool(spec, chunks(), store, workers)
-    finally:
-        progress.close()
-
-    summary = finalize(out, manifest)
-    stats.records = summary["records"]["total"]
-    stats.screened = summary["records"]["screened"]
-    stats.not_screened = summary["records"]["not_screened"]
-    stats.value_issues = summary["records"]["value_issues"]
-    stats.seconds = time.monotonic() - started
-    rate = stats.screened_run * len(ids) / stats.seconds if stats.seconds else 0.0
-    resumed = (f", resumed: {stats.chunks_done_before} chunk(s) were already done"
-               if stats.chunks_done_before else "")
-    err.write(f"screened {stats.screened:,} of {stats.records:,} records against {len(ids)} "
-              f"trial(s) ({stats.not_screened:,} not screened, {stats.value_issues:,} value "
-              f"issues; see errors.jsonl) in {stats.seconds:.1f} s, {rate:,.0f} patient-trial "
-              f"screens/s{resumed}; outputs in {out}\n")
-    return summary, stats
 
 
 def _run_pool(spec: Spec, chunks: Iterator[Chunk], store: Callable[[ChunkResult, int], None],

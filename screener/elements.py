@@ -87,6 +87,23 @@ VALUE_SYNONYMS = {
     "m": "male", "f": "female",
 }
 
+_POSNEG_TO_DETECT = {"positive": "detected", "negative": "not_detected"}
+_DETECT_TO_POSNEG = {"detected": "positive", "not_detected": "negative"}
+
+
+def coded_spelling(el: Element, text: str) -> str:
+    """A coded value as written, in the catalogue's spelling when it is one of the usual others
+    (case, spaces, `VALUE_SYNONYMS`, positive / negative for detected / not detected and back).
+    The result may still not be a value of `el`: the caller decides."""
+    s = text.strip().lower()
+    s = VALUE_SYNONYMS.get(s, s).replace(" ", "_")
+    if "detected" in el.values:
+        return _POSNEG_TO_DETECT.get(s, s)
+    if "positive" in el.values:
+        return _DETECT_TO_POSNEG.get(s, s)
+    return s
+
+
 _DETECT = ("detected", "not_detected")
 
 ELEMENTS: dict[str, Element] = {e.name: e for e in [

@@ -47,6 +47,7 @@ from .elements import (
     VALUE_SYNONYMS,
     Element,
     by_loinc,
+    coded_spelling,
     condition_broader,
     condition_for,
     normalise_unit,
@@ -69,12 +70,9 @@ _ONSET_UPPER_BOUNDS = ("recordedDate", "on_or_before")
 _DOUBTFUL = {"provisional", "differential", "unconfirmed"}
 _UNINFORMATIVE = {"unknown", "indeterminate", "equivocal", "inconclusive", "borderline",
                   "not_tested", "unk"}
-_SYNONYMS = VALUE_SYNONYMS
 _BOUNDS: dict[str, tuple[Fraction | None, Fraction | None]] = {
     n: ((Fraction(str(e.plausible[0])), Fraction(str(e.plausible[1]))) if e.plausible
         else (None, None)) for n, e in ELEMENTS.items()}
-_POSNEG_TO_DETECT = {"positive": "detected", "negative": "not_detected"}
-_DETECT_TO_POSNEG = {"detected": "positive", "not_detected": "negative"}
 
 
 class Reading(NamedTuple):
@@ -473,7 +471,7 @@ def _demographics(prep: Prepared, p: Mapping[str, Any]) -> None:
             prep.age, prep.age_source = (int(n), int(n)), "age (given)"
     sex = p.get("sex")
     if sex is not None:
-        s = _SYNONYMS.get(str(sex).strip().lower(), str(sex).strip().lower()) \
+        s = VALUE_SYNONYMS.get(str(sex).strip().lower(), str(sex).strip().lower()) \
             if isinstance(sex, str) else None
         if s in ("female", "male", "other"):
             prep.sex = s
@@ -841,14 +839,9 @@ def _coded(el: Element, raw: Any) -> str | None:
         return "detected" if n > 0 else "not_detected"
     if not isinstance(raw, str):
         return None
-    s = raw.strip().lower()
-    s = _SYNONYMS.get(s, s).replace(" ", "_")
+    s = coded_spelling(el, raw)
     if s in _UNINFORMATIVE:
         return s
-    if "detected" in el.values:
-        s = _POSNEG_TO_DETECT.get(s, s)
-    elif "positive" in el.values:
-        s = _DETECT_TO_POSNEG.get(s, s)
     return s if s in el.values else None
 
 

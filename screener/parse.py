@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from .elements import ELEMENTS, VALUE_SYNONYMS, Element, normalise_unit
+from .elements import ELEMENTS, Element, coded_spelling, normalise_unit
 from .errors import RuleError, did_you_mean
 from .ir import (
     SCALE,
@@ -74,10 +74,7 @@ def number_problem(x: Any) -> str:
 def _value_suggestion(v: Any, el: Element) -> str | None:
     """Did-you-mean for a coded value: the spellings patient data may use ('pos'), and
     positive / negative for detected / not detected, before plain spelling."""
-    word = " ".join(str(v).strip().lower().split())
-    word = VALUE_SYNONYMS.get(word, word)
-    word = {"positive": "detected", "negative": "not_detected"}.get(word, word) \
-        if "detected" in el.values else word
+    word = coded_spelling(el, " ".join(str(v).split()))
     if word in el.values:
         return word
     starts = [x for x in el.values if len(word) >= 3 and x.startswith(word)]
