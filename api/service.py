@@ -39,14 +39,14 @@ JSON = "application/json"
 # ---- strict JSON ----------------------------------------------------------------------------
 
 def parse_json_strict(raw: bytes) -> Any:
-    """Strict JSON (`screener.jsonfast.loads_strict`: NaN / Infinity refused), with errors as
-    located 422 records saying where the text is broken."""
+    """Strict JSON (`screener.jsonfast.loads_strict`: NaN / Infinity, duplicate keys and lone
+    surrogates refused), with errors as located 422 records saying where the text is broken."""
     try:
         return jsonfast.loads_strict(raw)
     except jsonfast.ConstantError as e:
         raise invalid(["body"], f"{e.name} is not valid JSON (JSON has no NaN or Infinity)",
                       "json_invalid") from None
-    except jsonfast.SurrogateError as e:
+    except (jsonfast.SurrogateError, jsonfast.DuplicateKeyError) as e:
         raise invalid(["body"], str(e), "json_invalid") from None
     except json.JSONDecodeError as e:
         raise invalid(["body", e.pos], f"invalid JSON at line {e.lineno} column {e.colno}: "
@@ -55,6 +55,9 @@ def parse_json_strict(raw: bytes) -> Any:
         raise invalid(["body"], "the body is not UTF-8 text", "json_invalid") from None
     except RecursionError:
         raise invalid(["body"], "JSON nested too deeply", "json_invalid") from None
+    except ValueError as e:
+        # the standard library's other refusals: an integer of more than 4,300 digits
+        raise invalid(["body"], f"invalid JSON: {e}", "json_invalid") from None
 
 
 class StrictRequest(Request):

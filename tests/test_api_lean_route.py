@@ -77,6 +77,8 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
          JSON_CT),
         (b'{"patient": {"age": NaN}, "as_of": "2026-11-22"}', JSON_CT),
         (b'{"patient": {"age": 1e999}, "as_of": "2026-11-22"}', JSON_CT),
+        (b'{"patient": {"age": 40, "age": 4}, "as_of": "2026-11-22"}', JSON_CT),
+        (b'{"patient": {"age": ' + b"9" * 4301 + b'}, "as_of": "2026-11-22"}', JSON_CT),
         (b'{"patient": ', JSON_CT),
         (b'\xff\xfe{"a": 1}', JSON_CT),
         (b"[" * 5000 + b"]" * 5000, JSON_CT),

@@ -279,12 +279,19 @@ def test_did_you_mean_attestation(client: TestClient) -> None:
 @pytest.mark.parametrize("raw", [
     b"{", b'{"patient": {"age": NaN}, "as_of": "2026-11-22"}', b"[-Infinity]",
     b'{"patient": {}, "as_of": "2026-11-22"} trailing', b"\xff\xfe", b"[" * 5000 + b"]" * 5000,
+    # two values for one field: which is meant is not known (JSON parsers keep the last)
+    b'{"patient": {"birth_date": "1985-03-14", "birth_date": "2015-03-14"}, '
+    b'"as_of": "2026-11-22"}',
+    b'{"patient": {"age": 40}, "as_of": "2026-11-22", "as_of": "2020-01-01"}',
+    b'{"patient": {"age": ' + b"9" * 4301 + b'}, "as_of": "2026-11-22"}',   # was a 500
 ])
 def test_malformed_json_is_422(client: TestClient, raw: bytes) -> None:
     r = client.post(f"/trials/{TRIAL}/screen", content=raw,
                     headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422
     assert r.json()["detail"][0]["type"] == "json_invalid"
+    if b"birth_date" in raw:
+        assert 'duplicate key "birth_date"' in r.json()["detail"][0]["msg"]
 
 
 def test_errors_never_echo_input(client: TestClient) -> None:

@@ -254,19 +254,21 @@ def test_bad_rows_are_reported_and_the_run_completes(small: Path, tmp_path: Path
              json.dumps(nanish).replace("Infinity", "1e309"),   # 6 NaN-ish values
              '{"id": "bad-shape", "observations": "none"}',     # 7 PatientDataError
              good[1], good[2],                             # 8, 9
-             '{"id": "lone-\\ud800", "age": 40}']          # 10 lone surrogate: not Unicode
+             '{"id": "lone-\\ud800", "age": 40}',         # 10 lone surrogate: not Unicode
+             '{"id": "twice", "age": 40, "age": 4}']       # 11 which age is meant: not known
     path = tmp_path / "bad.ndjson"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     summary, _ = run_batch(_opts([str(path)], out, chunk_size=4), io.StringIO())
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     records = {e["line"]: e for e in errors if e["kind"] == "record"}
-    assert sorted(records) == [2, 3, 4, 7, 10]
+    assert sorted(records) == [2, 3, 4, 7, 10, 11]
     assert records[2]["code"] == "json_invalid"
     assert records[3]["code"] == "not_an_object"
     assert records[4]["code"] == "json_invalid" and "NaN" in records[4]["reason"]
     assert records[7]["code"] == "type_error"
     assert records[10]["code"] == "json_invalid" and "surrogate" in records[10]["reason"]
+    assert records[11]["code"] == "json_invalid" and 'duplicate key "age"' in records[11]["reason"]
     assert all(e["input"] == str(path) for e in errors)
     values = [e for e in errors if e["kind"] == "value"]
     assert {e["line"] for e in values if e["patient_id"] == "nanish"} == {6}
@@ -281,7 +283,7 @@ def test_bad_rows_are_reported_and_the_run_completes(small: Path, tmp_path: Path
     assert [r["record"] for r in rows] == [1, 6, 8, 9]
     nan_row = rows[1]
     assert nan_row["NCT06111625:inc_age"] == "unknown"
-    assert summary["records"] == {"total": 9, "screened": 4, "not_screened": 5,
+    assert summary["records"] == {"total": 10, "screened": 4, "not_screened": 6,
                                   "value_issues": len(values)}
 
 
