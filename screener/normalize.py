@@ -106,7 +106,8 @@ class CondRecord:
     """One condition record. Dates are spans: `onset` .. `onset_last` is when it may have
     begun (one day for a full date; the month or year of a partial one; unknown start up to
     the date it was recorded, for `onset_from: recordedDate`), and `abatement` ..
-    `abatement_last` when it may have ended."""
+    `abatement_last` when it may have ended. `ended_unknown`: an end is recorded that cannot
+    be read (not a date: "last spring", an age): it ended at some time not known."""
     element: str
     onset: date | None
     abatement: date | None
@@ -116,6 +117,7 @@ class CondRecord:
     loc: str
     onset_last: date | None = None
     abatement_last: date | None = None
+    ended_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -925,10 +927,14 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
         # end of its month or year)
         onset, onset_last = None, onset_last
     abatement = abatement_last = None
+    ended_unknown = False
     if item.get("abatement") is not None:
         d, _ = parse_date(item.get("abatement"))
         if d is None:
-            prep.issue(f"{loc}.abatement", "date", "unusable abatement date", name)
+            # an end is recorded: read as no end, the condition would count as still going on
+            ended_unknown = True
+            prep.issue(f"{loc}.abatement", "date", f"unusable abatement date "
+                       f"{short_repr(item.get('abatement'))}: it ended, when is not known", name)
         elif d <= prep.as_of:
             abatement, abatement_last = d, min(_period_end(item.get("abatement"), d) or d,
                                                prep.as_of)
@@ -941,7 +947,8 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
         prep.issue(f"{loc}.verification_status", "value",
                    f"unknown verification status {short_repr(ver)}: read as unconfirmed", name)
     prep.conditions.setdefault(name, []).append(CondRecord(
-        name, onset, abatement, clinical, doubtful, source, loc, onset_last, abatement_last))
+        name, onset, abatement, clinical, doubtful, source, loc, onset_last, abatement_last,
+        ended_unknown))
 
 
 def _period_end(raw: Any, first: date | None) -> date | None:
@@ -1353,6 +1360,12 @@ def _place(r: CondRecord, active: bool, start: date | None, point: bool
     why) it cannot be placed, so the test is unknown. `point`: the record is an event at its
     onset (a myocardial infarction), which does not last into a window."""
     name = r.element
+    if r.ended_unknown and (active or start is not None and not (
+            r.onset is not None and r.onset >= start)):
+        # it ended at a time that cannot be read: still active, or into the window, not known
+        return False, (f"{name} ({r.source}) has an end that is not a usable date: whether it "
+                       "has ended " + ("by as_of" if active else "before the window") +
+                       " is not known")
     if r.abatement is not None and r.clinical in _ACTIVE and (
             active or start is not None and not (r.onset is not None and r.onset >= start)):
         # an end date and an active status (FHIR forbids the pair): did it end or not?

@@ -497,3 +497,27 @@ def test_a_partial_onset_that_is_only_a_latest_date_keeps_its_month_end(
          "reviewed": {"conditions": "2026-02-15"}}
     v = verdict(screener, p, "exc_organ_dysfunction", T2, as_of=date(2026, 2, 20))
     assert v["verdict"] == "unknown", v       # 22-30 November is within 90 days of as_of
+
+
+def test_an_end_that_is_not_a_date_is_an_end_at_an_unknown_time(screener: Screener) -> None:
+    """An abatement that cannot be read ("last spring") was dropped with an issue, so the
+    condition read as still going on: met for "within 92 days" on a stroke of 2025."""
+    def stroke(**kw: Any) -> dict[str, Any]:
+        return {**REVIEWED, "conditions": [{"element": "arterial_thrombosis",
+                                            "onset": "2025-03-01", **kw}]}
+    v = verdict(screener, stroke(abatement="last spring", clinical_status="active"),
+                "exc_arterial_thrombosis")
+    assert v["verdict"] == "unknown" and "not a usable date" in v["missing"][0]["reason"]
+    assert verdict(screener, stroke(abatement="last spring"),
+                   "exc_arterial_thrombosis")["verdict"] == "unknown"
+    # began inside the window: it counts however it ended
+    v = verdict(screener, stroke(onset="2026-10-01", abatement="last spring"),
+                "exc_arterial_thrombosis")
+    assert v["verdict"] == "met"
+    # "history of" (no window, not active): an ended record counts
+    hf = {**REVIEWED, "conditions": [{"element": "heart_failure", "onset": "2015-02-01",
+                                      "abatement": "age 40"}]}
+    assert verdict(screener, hf, "exc_cardiac_history")["verdict"] == "met"
+    # without the end it would be still going on, and met: the end is what changes it
+    assert verdict(screener, stroke(clinical_status="active"),
+                   "exc_arterial_thrombosis")["verdict"] == "met"

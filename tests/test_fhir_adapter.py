@@ -464,6 +464,72 @@ def test_undated_observation_without_report_is_passed_on_undated() -> None:
     assert p["observations"][0]["date"] == "2026-11-02T10:00:00Z"
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("abatementAge", {"value": 40, "unit": "a", "system": "http://unitsofmeasure.org",
+                      "code": "a"}),
+    ("abatementRange", {"low": {"value": 40, "unit": "a"}}),
+    ("abatementString", "last spring"),
+    ("abatementPeriod", {"start": "2026-01-01"}),          # no end
+    ("abatementDateTime", "2026-02-30"),                   # not a calendar date
+    ("abatementBoolean", True),                            # STU3
+])
+def test_an_end_that_is_not_a_date_is_passed_on_as_an_unusable_end(field: str, value: Any
+                                                                    ) -> None:
+    # dropped, an active-status condition that ended would read as still going on
+    c = {"resourceType": "Condition", "id": "c1",
+         "code": {"coding": [{"system": SNOMED, "code": "84114007"}]},
+         "onsetDateTime": "2020-01-02", "clinicalStatus": {"coding": [{"code": "active"}]},
+         field: value}
+    p, issues = bundle_to_patient(c)
+    (cond,) = p["conditions"]
+    assert cond["abatement"].startswith(field)
+    assert "fhir.abatement_undated" in codes_of(issues)
+    c[field] = False if field == "abatementBoolean" else None     # no end stated
+    p, issues = bundle_to_patient(c)
+    assert "abatement" not in p["conditions"][0]
+    assert "fhir.abatement_undated" not in codes_of(issues)
+
+
+@pytest.mark.parametrize("effective", [
+    {"effectiveDateTime": "2026-02-30"},                      # not a calendar date
+    {"effectiveDateTime": 20261101},                          # not text
+    {"effectivePeriod": {"start": "yesterday"}},
+    {"effectiveTiming": {"event": ["2026-10-01"]}},           # a Timing is not read
+    {"effectiveInstant": "2026-11-01 10:00"},
+])
+def test_an_unreadable_effective_time_is_not_replaced_by_issued(effective: dict[str, Any]
+                                                                 ) -> None:
+    # issued is the release time (can be weeks later, inside a window the result is not in):
+    # when the result was taken is not known, so it is passed on undated (unusable)
+    r = obs("1742-6", valueQuantity={"value": 90, "unit": "U/L"})
+    del r["effectiveDateTime"]
+    r.update(effective, issued="2026-11-15T10:00:00Z")
+    p, issues = bundle_to_patient(r)
+    (o,) = p["observations"]
+    assert "date" not in o and "fhir.missing_date" in codes_of(issues)
+    # nor dated by a DiagnosticReport that lists it
+    r["id"] = "o1"
+    report = {"resourceType": "DiagnosticReport", "id": "d1", "status": "final",
+              "effectiveDateTime": "2026-11-14", "result": [{"reference": "Observation/o1"}]}
+    p, issues = bundle_to_patient(bundle(report, r))
+    (o,) = p["observations"]
+    assert "date" not in o
+
+
+def test_a_report_with_an_unreadable_effective_time_does_not_date_its_results_by_issued(
+        ) -> None:
+    r = obs("1742-6", id="o1", valueQuantity={"value": 90, "unit": "U/L"})
+    del r["effectiveDateTime"]
+    report = {"resourceType": "DiagnosticReport", "id": "d1", "status": "final",
+              "effectiveDateTime": "2026-13-01", "issued": "2026-11-15T10:00:00Z",
+              "result": [{"reference": "Observation/o1"}]}
+    p, _ = bundle_to_patient(bundle(report, r))
+    assert "date" not in p["observations"][0]
+    del report["effectiveDateTime"]      # no effective time stated at all: issued dates it
+    p, _ = bundle_to_patient(bundle(report, r))
+    assert p["observations"][0]["date"] == "2026-11-15T10:00:00Z"
+
+
 @pytest.mark.parametrize(("code", "value", "expected", "unit"), [
     ("hct_ci", {"valueInteger": 3}, 3, "{score}"),
     ("donor_hla_match", {"valueQuantity": {"value": 9, "unit": "/10"}}, 9, "/10"),

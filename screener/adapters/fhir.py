@@ -1071,20 +1071,39 @@ def _age_span(birth: str, on: str, unit: str) -> tuple[int, int] | None:
     return completed(b[1], early), completed(b[0], late)
 
 
-def _obs_date(run: _Run, res: JsonDict, loc: str) -> str | None:
+#: the choice type abatement[x] of a Condition (abatementBoolean: STU3, still sent)
+_ABATEMENT_KEYS = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange",
+                   "abatementString", "abatementBoolean")
+#: the choice type effective[x] of an Observation (and a DiagnosticReport's two of them)
+_EFFECTIVE_KEYS = ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "effectiveTiming")
+
+
+def _effective(run: _Run, res: JsonDict, loc: str) -> tuple[str | None, bool]:
+    """(date, stated): the effective[x] date (a period's start, else its end), and whether an
+    effective[x] was given at all. Stated but unreadable (`2026-02-30`, a Timing, a number)
+    means when the result was taken is not known: it is then neither dated by `issued` (the
+    release time, which can be weeks later and move a result into a window) nor by the report
+    that lists it; passed on undated, the result is unusable (see `_obs_date_status`)."""
     d = run.date(res, "effectiveDateTime", loc)
     if d is None:
         start, end = run.period(res, "effectivePeriod", loc)
         d = start or end
-    return (d or run.date(res, "effectiveInstant", loc) or run.date(res, "issued", loc))
+    d = d or run.date(res, "effectiveInstant", loc)
+    return d, d is not None or any(res.get(k) is not None for k in _EFFECTIVE_KEYS)
+
+
+def _obs_date(run: _Run, res: JsonDict, loc: str) -> str | None:
+    d, stated = _effective(run, res, loc)
+    return d if stated else run.date(res, "issued", loc)
+
+
+def _unreadable_effective(res: JsonDict) -> bool:
+    d, stated = _effective(_Run(), res, "")
+    return stated and d is None
 
 
 def _report_date(run: _Run, res: JsonDict, loc: str) -> str | None:
-    d = run.date(res, "effectiveDateTime", loc)
-    if d is None:   # as for an Observation: a period's start, else its end
-        start, end = run.period(res, "effectivePeriod", loc)
-        d = start or end
-    return d or run.date(res, "issued", loc)
+    return _obs_date(run, res, loc)
 
 
 _Resolver = Callable[[object, str | None], _Res | None]
@@ -1139,7 +1158,8 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
                 continue  # hasMember cycles exist in the wild
             seen.add(id(r.res))
             own = _obs_date(silent, r.res, r.loc)
-            if own is None:
+            if own is None and not _unreadable_effective(r.res):
+                # (a result whose own time is stated but unreadable is not dated by its report)
                 run.inherited_dates.setdefault(id(r.res), inherited)
             members = r.res.get("hasMember")
             for m in reversed(members) if isinstance(members, list) else []:
@@ -1301,7 +1321,12 @@ def _obs_date_status(run: _Run, r: _Res) -> tuple[str | None, str | None]:
     and it may have said entered-in-error."""
     res, loc = r.res, r.loc
     date = _obs_date(run, res, loc) or run.inherited_dates.get(id(res))
-    if date is None:
+    if date is None and _unreadable_effective(res):
+        run.issue(loc, "fhir.missing_date",
+                  "Observation effective[x] cannot be read (see fhir.bad_date), so when it was "
+                  "taken is not known: not dated by issued or by its report; passed on "
+                  "undated, so it is unusable")
+    elif date is None:
         run.issue(loc, "fhir.missing_date",
                   "Observation without effective[x] or issued date (none inherited from a "
                   "DiagnosticReport either): passed on undated, so it is unusable")
@@ -1478,6 +1503,16 @@ def _condition(run: _Run, r: _Res, out: JsonDict) -> None:
         s = run.text(res, "abatementString", loc)
         if s is not None and _is_datetime(s.strip()):
             abatement = s.strip()
+    if abatement is None:
+        # an end that is not a readable date (an age or range, "last spring", a period with
+        # no end, an unreadable dateTime): it ended, when is not known. Dropped, the condition
+        # would read as still going on.
+        stated = next((k for k in _ABATEMENT_KEYS if res.get(k) not in (None, False, "")), None)
+        if stated is not None:
+            abatement = f"{stated} {short_repr(res[stated], 80)}"
+            run.issue(f"{loc}.{stated}", "fhir.abatement_undated",
+                      f"{stated} is not a date: the condition ended at a time not known "
+                      "(unknown where that matters)")
     if abatement is not None:
         base["abatement"] = abatement
     clinical = _status_field(run, res, "clinicalStatus", _CLINICAL_STATUS, loc)
