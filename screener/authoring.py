@@ -446,7 +446,7 @@ def explain_criterion(c: Criterion, entry: Mapping[str, Any], facts: Mapping[str
 
 def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", action="append", default=None,
-                   help=f"rule files or directories (default: {DEFAULT_RULES})")
+                   help=f"rule files or directories (default: {', '.join(DEFAULT_RULES)})")
     p.add_argument("--trial", required=True, help="trial id (NCT number)")
     p.add_argument("patient", help="canonical patient JSON or FHIR R4 Bundle ('-' = stdin)")
     p.add_argument("--criterion", action="append", default=None, metavar="ID",

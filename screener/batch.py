@@ -899,7 +899,7 @@ def run_batch(opts: BatchOptions, err: IO[str] | None = None) -> tuple[dict[str,
         raise BatchError("--chunk-size must be at least 1")
     if opts.fmt not in ("parquet", "csv"):
         raise BatchError(f"unknown format {opts.fmt!r} (parquet or csv)")
-    rules = tuple(os.path.abspath(f) for f in rule_files(opts.rules or [DEFAULT_RULES]))
+    rules = tuple(os.path.abspath(f) for f in rule_files(opts.rules or DEFAULT_RULES))
     # the driver never runs the engine: metadata and hashes only (no rulesets registered)
     meta = Screener(load_trials(rules), engine="reference")
     ids = sorted(dict.fromkeys(opts.trials))
@@ -1707,7 +1707,7 @@ def render_html(s: dict[str, Any]) -> str:
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", action="append", default=None,
-                   help=f"rule files or directories (default: {DEFAULT_RULES})")
+                   help=f"rule files or directories (default: {', '.join(DEFAULT_RULES)})")
     p.add_argument("--trial", action="append", required=True, metavar="ID",
                    help="trial id (repeat for several trials)")
     p.add_argument("inputs", nargs="*", metavar="INPUT",

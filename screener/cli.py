@@ -20,8 +20,12 @@ from .errors import PatientDataError, RuleFileError, ScreenerError
 from .report import AttestationError, dumps, table
 from .screen import Screener, check_file, rule_files
 
-DEFAULT_RULES = os.environ.get("SCREENER_RULES") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rules")
+#: rule files or folders when no --rules is given: $SCREENER_RULES, a comma-separated list as
+#: for the API (api/settings.py), else the repository's rules/
+DEFAULT_RULES: list[str] = [p.strip() for p in os.environ.get("SCREENER_RULES", "").split(",")
+                            if p.strip()] or [os.path.join(
+                                os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "rules")]
 MAX_PATIENT_BYTES = 20 * 1024 * 1024
 
 Handler = Callable[[argparse.Namespace, IO[str], IO[str]], int]
@@ -109,11 +113,11 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def _add_rules(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", action="append", default=None,
-                   help=f"rule files or directories (default: {DEFAULT_RULES})")
+                   help=f"rule files or directories (default: {', '.join(DEFAULT_RULES)})")
 
 
 def load_screener(args: argparse.Namespace, engine: str = "rete") -> Screener:
-    return Screener.from_paths(args.rules or [DEFAULT_RULES], engine=engine)  # type: ignore[arg-type]
+    return Screener.from_paths(args.rules or DEFAULT_RULES, engine=engine)  # type: ignore[arg-type]
 
 
 def cmd_trials(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

@@ -129,3 +129,22 @@ if __name__ == "__main__":
     for t in load_trials([str(ROOT / "rules")]):
         (GOLDEN / f"{t.id}.rules.json").write_text(
             json.dumps(compile_trial(t), indent=1, sort_keys=True) + "\n")
+
+
+def test_screener_rules_is_a_comma_separated_list_as_for_the_api(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    one = root / "rules" / "NCT06111625.yaml"
+    env = {**os.environ, "SCREENER_RULES": f"{one}, {tmp_path / 'none.yaml'}"}
+    r = subprocess.run([sys.executable, "-m", "screener", "trials"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    # both entries are read: the second does not exist, and is named (not "a.yaml,b.yaml")
+    assert r.returncode != 0 and "none.yaml" in r.stderr and "," not in r.stderr.split(":")[0]
+    env["SCREENER_RULES"] = f"{one},{root / 'rules' / 'NCT06930105.yaml'}"
+    r = subprocess.run([sys.executable, "-m", "screener", "trials"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["NCT06111625",
+                                                                    "NCT06930105"]
