@@ -11,10 +11,12 @@ Decisions:
   is one card saying what is missing (a 412 would be allowed by the spec, but EHRs typically
   show nothing for an error, and then nobody learns that the integration is misconfigured).
   A prefetch key that is absent, null or an OperationOutcome (the EHR could not fetch it) is
-  screened as missing data and named in the card. A search result that is visibly incomplete
-  (a `next` page link, a `total` above the matches sent, an OperationOutcome entry) is named in
-  the card too; the adapter makes the observations and exposure days read from it unusable,
-  since a newer result may be on a page that was not sent.
+  named in the card, and everything a search of its resource type may hold is `incomplete` in
+  the canonical patient (unknown, never absent: the statements not sent may hold more days of
+  therapy, the conditions not sent a pregnancy). A search result that is visibly incomplete (a
+  `next` page link, a `total` above the matches sent, an OperationOutcome entry) is named in
+  the card too, and the adapter marks what its resource type may hold the same way, since a
+  newer result may be on a page that was not sent.
 * **The patient in context is the screened patient.** The `patient` prefetch must have the id
   of `context.patientId` (else a `critical` card and nothing is screened), and the adapter is
   told to screen that Patient: any other Patient in the prefetch (an `_include`, a misrouted
@@ -37,7 +39,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from screener.adapters.fhir import searchset_incomplete
+from screener.adapters.fhir import EXTRA_LOINC, searchset_incomplete, supplied_by
 from screener.elements import DEMOGRAPHIC, ELEMENTS, LOINC, PROJECT
 from screener.ir import slots_of
 from screener.report import describe, dumps_bytes, printable
@@ -64,14 +66,15 @@ def elements_used(screener: Screener) -> set[str]:
 
 def observation_codes(screener: Screener) -> list[str]:
     """`system|code` tokens for every observation-like element the loaded rules read: LOINC
-    where the element has codes, the project CodeSystem where it has none (HCT-CI, donor)."""
+    where the element has codes (with the other codes the adapter reads for it: hCG tests for
+    pregnancy), the project CodeSystem where it has none (HCT-CI, donor)."""
     out: list[str] = []
     for name in sorted(elements_used(screener)):
         e = ELEMENTS.get(name)
         if e is None or e.kind not in _OBS_KINDS or name in DEMOGRAPHIC:
             continue
         if e.loinc:
-            out += [f"{LOINC}|{code}" for code in e.loinc]
+            out += [f"{LOINC}|{code}" for code in (*e.loinc, *EXTRA_LOINC.get(name, ()))]
         else:
             out.append(f"{PROJECT}|{name}")
     return out
@@ -204,11 +207,13 @@ def detail(report: dict[str, Any], not_prefetched: list[str],
         lines.append("**Pending attestations:** " + ", ".join(report["pending_attestations"])
                      + ".")
     if not_prefetched:
-        lines.append("**Not prefetched by the EHR:** " + ", ".join(not_prefetched) + ".")
+        lines.append("**Not prefetched by the EHR (what it holds is unknown):** "
+                     + ", ".join(_cell(k, 60) for k in not_prefetched) + ".")
     if incomplete:
+        # the keys are the client's own (any text): escaped like record content
         lines.append("**Incomplete prefetch (data may be missing; newer results may exist):** "
-                     + "; ".join(f"{k} ({_cell(v, 80)})" for k, v in sorted(incomplete.items()))
-                     + ".")
+                     + "; ".join(f"{_cell(k, 60)} ({_cell(v, 80)})"
+                                 for k, v in sorted(incomplete.items())) + ".")
     lines += notes or []
     if report["data_issues_total"]:
         lines.append(f"**Data issues:** {report['data_issues_total']} (in the full report).")
@@ -290,6 +295,14 @@ def call(ctx: Context, store: ReportStore, base_url: str, req: CdsRequest) -> di
                                             and not _is_outcome(v)]
     t0 = time.perf_counter()
     canon = from_resources(list(resources), context_id)
+    # what a key not sent (or not fetched) would have held may exist: unknown, not absent
+    for key in not_prefetched:
+        why = (f"prefetch {key!r} was not sent by the EHR" if prefetch.get(key) is None else
+               f"the EHR could not fetch prefetch {key!r} (OperationOutcome)")
+        rtype = expected[key].split("?")[0].split("/")[0]
+        for k in supplied_by(rtype):
+            have = canon.patient.setdefault("incomplete", {})
+            have[k] = f"{have[k]}; {why}" if k in have else why
     if canon.patient.get("id") != context_id:  # pragma: no cover - the adapter guarantees it
         return {"cards": [_card(
             "Screened data is not the patient in context; nothing was screened", "critical",

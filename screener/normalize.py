@@ -380,6 +380,8 @@ def prepare(patient: Any, as_of: date) -> Prepared:
                     prep.reviewed[k] = d
     elif rev is not None:
         prep.issue("reviewed", "type", "reviewed must be an object of dates")
+    if patient.get("incomplete") is not None:
+        _incomplete(prep, patient["incomplete"])
     for lst in prep.readings.values():
         if len(lst) > 1:
             lst.sort(key=_newest_first, reverse=True)
@@ -388,8 +390,43 @@ def prepare(patient: Any, as_of: date) -> Prepared:
 
 #: top-level fields of a canonical patient (screener/schema/patient.schema.json)
 _PATIENT_KEYS = frozenset({"id", "birth_date", "age", "sex", "observations", "conditions",
-                           "exposures", "reviewed", "name", "note", "source"})
+                           "exposures", "reviewed", "incomplete", "name", "note", "source"})
 _SECTIONS = ("observations", "conditions", "exposures")
+
+
+def _incomplete(prep: Prepared, given: Any) -> None:
+    """`incomplete`: data that may exist but was not received (section or element -> why).
+    Every element it covers is unknown, whatever the records sent say: a newer result, a
+    pregnancy or a course of therapy may be in what was not sent."""
+    if not isinstance(given, dict):
+        prep.issue("incomplete", "type", "incomplete must be an object (section or element -> "
+                   "why); every element is taken as possibly incomplete")
+        given = {"observations": "unreadable 'incomplete'", "conditions": "unreadable "
+                 "'incomplete'", "exposures": "unreadable 'incomplete'"}
+    for key, why in sorted(given.items(), key=lambda kv: str(kv[0])):
+        reason = (f"data not received: {cut(why, 200)}" if isinstance(why, str) and why.strip()
+                  else "data not received")
+        if key == "observations":
+            names: tuple[str, ...] = tuple(sorted(_OBSERVED))
+        elif key == "exposures":
+            names = _EXPOSED
+        elif key == "conditions":
+            # a record not sent may be what a review-based absence would miss, and a record
+            # sent may be contradicted by one not sent (a later 'resolved')
+            prep.unresolved.append(f"incomplete.conditions ({reason})")
+            names = _CONDITIONS
+        elif isinstance(key, str) and key in ELEMENTS:
+            names = (key,)
+        else:
+            # an element we do not know: which records it meant is not known, so all of them
+            close = did_you_mean(str(key), ELEMENTS) if isinstance(key, str) else None
+            prep.issue(f"incomplete.{short_repr(key)}", "unknown_element",
+                       f"unknown section or element {short_repr(key)} in incomplete"
+                       + (f" (did you mean {close!r}?)" if close else ""), close)
+            names = (close,) if close else tuple(ELEMENTS)
+        for n in names:
+            if n not in DEMOGRAPHIC:
+                prep.suspect.setdefault(n, []).append(reason)
 
 
 def _unknown_fields(prep: Prepared, patient: Mapping[str, Any]) -> None:
@@ -929,12 +966,14 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
     abatement = abatement_last = None
     ended_unknown = False
     if item.get("abatement") is not None:
-        d, _ = parse_date(item.get("abatement"))
+        raw_end = item.get("abatement")
+        d, _ = parse_date(raw_end)
         if d is None:
             # an end is recorded: read as no end, the condition would count as still going on
             ended_unknown = True
-            prep.issue(f"{loc}.abatement", "date", f"unusable abatement date "
-                       f"{short_repr(item.get('abatement'))}: it ended, when is not known", name)
+            if not (isinstance(raw_end, str) and raw_end.strip().lower() == "unknown"):
+                prep.issue(f"{loc}.abatement", "date", f"unusable abatement date "
+                           f"{short_repr(raw_end)}: it ended, when is not known", name)
         elif d <= prep.as_of:
             abatement, abatement_last = d, min(_period_end(item.get("abatement"), d) or d,
                                                prep.as_of)
@@ -1030,6 +1069,7 @@ def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
 
 
 _EXPOSED = tuple(n for n, e in ELEMENTS.items() if e.kind == "exposure")
+_CONDITIONS = tuple(n for n, e in ELEMENTS.items() if e.kind == "condition")
 
 
 def _unplaced_exposure(prep: Prepared, loc: str, why: str) -> None:
@@ -1363,9 +1403,8 @@ def _place(r: CondRecord, active: bool, start: date | None, point: bool
     if r.ended_unknown and (active or start is not None and not (
             r.onset is not None and r.onset >= start)):
         # it ended at a time that cannot be read: still active, or into the window, not known
-        return False, (f"{name} ({r.source}) has an end that is not a usable date: whether it "
-                       "has ended " + ("by as_of" if active else "before the window") +
-                       " is not known")
+        return False, (f"{name} ({r.source}) ended at a time not recorded: whether it ended "
+                       + ("by as_of" if active else "before the window") + " is not known")
     if r.abatement is not None and r.clinical in _ACTIVE and (
             active or start is not None and not (r.onset is not None and r.onset >= start)):
         # an end date and an active status (FHIR forbids the pair): did it end or not?

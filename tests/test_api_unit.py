@@ -555,6 +555,62 @@ def test_cds_names_an_incomplete_searchset(client: TestClient) -> None:
         assert "incomplete_prefetch" not in card["extension"]["screener"]
 
 
+_COURSE = {"resourceType": "MedicationAdministration", "status": "completed",
+           "subject": {"reference": "Patient/p1"},
+           "medicationCodeableConcept": {"text": "blinatumomab"},
+           "effectivePeriod": {"start": "2026-11-01", "end": "2026-11-07"}}
+
+
+def _days_verdict(client: TestClient, pre: dict[str, Any]) -> tuple[str, str, str]:
+    cards = client.post("/cds-services/trial-screening", headers=AUTH,
+                        json=_hook(pre)).json()["cards"]
+    (card,) = [c for c in cards if c["extension"]["screener"]["trial"] == "NCT06111625"]
+    c = next(c for c in _report_of(client, card)["criteria"]
+             if c["id"] == "exc_blinatumomab_days")
+    return c["verdict"], json.dumps(c.get("missing", [])), card["detail"]
+
+
+def test_cds_a_prefetch_key_not_sent_or_not_fetched_is_unknown_not_absent(
+        client: TestClient) -> None:
+    """The audit's case: 7 days of blinatumomab in the administrations, the statements key
+    absent (or an OperationOutcome): the statements may hold more days, so 'not more than 14
+    days' is unknown, not met."""
+    page = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": _COURSE}]}
+    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    pre = {"patient": {"resourceType": "Patient", "id": "p1", "gender": "male",
+                       "birthDate": "1985-03-14"},
+           "medicationAdministrations": page, "medicationStatements": empty}
+    verdict, _, _ = _days_verdict(client, pre)
+    assert verdict == "not_met"           # every key sent: 7 days, all of them
+    del pre["medicationStatements"]
+    verdict, missing, detail = _days_verdict(client, pre)
+    assert verdict == "unknown" and "'medicationStatements' was not sent" in missing
+    assert "Not prefetched by the EHR" in detail and "medicationStatements" in detail
+    pre["medicationStatements"] = {"resourceType": "OperationOutcome", "issue": []}
+    verdict, missing, _ = _days_verdict(client, pre)
+    assert verdict == "unknown" and "could not fetch prefetch 'medicationStatements'" in missing
+
+
+def test_cds_discovery_asks_for_every_code_the_adapter_reads(client: TestClient) -> None:
+    # hCG tests: a positive one makes pregnancy 'not ruled out'; not asked for, never sent
+    service = client.get("/cds-services").json()["services"][0]
+    query = service["prefetch"]["observations"]
+    for code in ("82810-3", "2106-3", "2118-8"):
+        assert f"http://loinc.org|{code}" in query
+
+
+def test_cds_prefetch_keys_are_inert_text_in_the_card(client: TestClient) -> None:
+    key = "x](https://evil.example/phish)<img src=x onerror=alert(1)>["
+    pre = {"patient": {"resourceType": "Patient", "id": "p1", "gender": "male",
+                       "birthDate": "1985-03-14"},
+           key: {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                 "link": [{"relation": "next", "url": "p=2"}]}}
+    for card in client.post("/cds-services/trial-screening", headers=AUTH,
+                            json=_hook(pre)).json()["cards"]:
+        assert "<img" not in card["detail"] and "](https://evil" not in card["detail"]
+        assert "&lt;img" in card["detail"]
+
+
 # ---- reload ---------------------------------------------------------------------------------
 
 def test_reload_keeps_old_rules_on_error(tmp_path: Path) -> None:

@@ -507,7 +507,8 @@ def test_an_end_that_is_not_a_date_is_an_end_at_an_unknown_time(screener: Screen
                                             "onset": "2025-03-01", **kw}]}
     v = verdict(screener, stroke(abatement="last spring", clinical_status="active"),
                 "exc_arterial_thrombosis")
-    assert v["verdict"] == "unknown" and "not a usable date" in v["missing"][0]["reason"]
+    assert v["verdict"] == "unknown"
+    assert "ended at a time not recorded" in v["missing"][0]["reason"]
     assert verdict(screener, stroke(abatement="last spring"),
                    "exc_arterial_thrombosis")["verdict"] == "unknown"
     # began inside the window: it counts however it ended
@@ -518,6 +519,36 @@ def test_an_end_that_is_not_a_date_is_an_end_at_an_unknown_time(screener: Screen
     hf = {**REVIEWED, "conditions": [{"element": "heart_failure", "onset": "2015-02-01",
                                       "abatement": "age 40"}]}
     assert verdict(screener, hf, "exc_cardiac_history")["verdict"] == "met"
+    # "unknown" says the same on purpose (what the FHIR adapter sends for abatementAge, ...)
+    assert verdict(screener, stroke(abatement="unknown", clinical_status="active"),
+                   "exc_arterial_thrombosis")["verdict"] == "unknown"
     # without the end it would be still going on, and met: the end is what changes it
     assert verdict(screener, stroke(clinical_status="active"),
                    "exc_arterial_thrombosis")["verdict"] == "met"
+
+
+def test_incomplete_makes_what_may_be_missing_unknown(screener: Screener) -> None:
+    """`incomplete`: data that may exist but was not received. What was sent still counts where
+    more data cannot change it (a condition present), and nothing is read as absent."""
+    base = {**REVIEWED, "birth_date": "1985-03-14", "sex": "female", "observations": [
+        {"element": "ecog", "value": 1, "date": "2026-11-15"}],
+        "conditions": [{"element": "heart_failure", "onset": "2020-01-01"}]}
+    assert verdict(screener, base, "inc_ecog")["verdict"] == "met"
+    assert verdict(screener, base, "exc_arterial_thrombosis")["verdict"] == "not_met"
+    p = {**base, "incomplete": {"observations": "page 2 not sent",
+                                "conditions": "page 2 not sent"}}
+    v = verdict(screener, p, "inc_ecog")
+    assert v["verdict"] == "unknown" and "page 2 not sent" in v["missing"][0]["reason"]
+    assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "unknown"
+    assert verdict(screener, p, "exc_cardiac_history")["verdict"] == "met"   # present: counts
+    assert verdict(screener, p, "inc_age")["verdict"] == "met"   # demographics are not sections
+    # one element only
+    p = {**base, "incomplete": {"ecog": "the scores feed was down"}}
+    assert verdict(screener, p, "inc_ecog")["verdict"] == "unknown"
+    assert verdict(screener, p, "exc_arterial_thrombosis")["verdict"] == "not_met"
+    # a misspelt key or a wrong type: never silently nothing
+    report = screener.screen(T1, {**base, "incomplete": {"ecgo": "x"}}, AS_OF)
+    assert any("did you mean 'ecog'" in i["msg"] for i in report["data_issues"])
+    assert next(c for c in report["criteria"] if c["id"] == "inc_ecog")["verdict"] == "unknown"
+    report = screener.screen(T1, {**base, "incomplete": ["observations"]}, AS_OF)
+    assert next(c for c in report["criteria"] if c["id"] == "inc_ecog")["verdict"] == "unknown"

@@ -377,7 +377,28 @@ def test_newest_result_of_an_incomplete_search_does_not_decide(screener: Screene
     report = screener.screen("NCT06111625", patient, as_of=AS_OF)
     c = next(c for c in report["criteria"] if c["id"] == "exc_leukemia_burden")
     reasons = " ".join(m["reason"] for m in c["missing"])
-    assert "search result incomplete" in reasons and "finite number" not in reasons, reasons
+    assert "search result" in reasons and "is incomplete" in reasons, reasons
+    assert "finite number" not in reasons
+
+
+def test_an_incomplete_search_leaves_unknown_what_its_page_does_not_show(
+        screener: Screener) -> None:
+    """Page 1 of the Conditions holds no pregnancy: one may be on page 2 (the audit's case:
+    'not pregnant' 5 days old decided exc_pregnancy although the condition list was cut)."""
+    not_pregnant = {"resourceType": "Observation", "status": "final",
+                    "subject": {"reference": "Patient/p1"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "82810-3"}]},
+                    "effectiveDateTime": "2026-11-17", "valueCodeableConcept": NOT_PREGNANT}
+    lact = {**LACT_NO, "effectiveDateTime": "2026-11-17"}
+    conditions = bundle(B_ALL, kind="searchset", patient=None)
+    # the whole list sent: the recent 'not pregnant' decides
+    assert verdict(screener, [PATIENT, lact, not_pregnant, conditions],
+                   "exc_pregnancy") == "not_met"
+    conditions["link"] = [{"relation": "next", "url": "https://ehr.example/fhir/Condition?p=2"}]
+    assert verdict(screener, [PATIENT, lact, not_pregnant, conditions],
+                   "exc_pregnancy") == "unknown"
+    # a B-ALL diagnosis on page 1 is still there: what was sent is not doubted
+    assert verdict(screener, [PATIENT, conditions], "inc_diagnosis", "NCT06111625") == "met"
 
 
 def test_blinatumomab_days_of_an_incomplete_search_are_unknown(screener: Screener) -> None:

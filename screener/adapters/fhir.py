@@ -158,6 +158,9 @@ _PREGNANCY_TEXT = {"pregnant": True, "not pregnant": False}
 # positive one does not prove pregnancy (it may be a tumour marker or a recent loss) but does not
 # rule it out either, so it becomes an unusable pregnancy status (the criterion is unknown).
 _HCG_LOINC = ("2106-3", "2118-8")
+#: LOINC codes read for an element besides its catalogue codes (ELEMENTS[name].loinc): a CDS
+#: Hooks prefetch must ask for these too, or a positive test would never be sent
+EXTRA_LOINC: dict[str, tuple[str, ...]] = {"pregnant": _HCG_LOINC}
 # Conditions that say "currently pregnant" (ICD-10 entries are prefixes, dots removed): an
 # active one becomes a `pregnant` = true observation dated at its onset.
 _PREGNANCY_SNOMED = ("77386006", "72892002")
@@ -298,8 +301,6 @@ class _Res:
     container: str | None = None
     #: that report, whose subject a contained Observation (which rarely has its own) shares
     parent: JsonDict | None = None
-    #: loc of the visibly incomplete searchset Bundle (more pages, ...) it was found in
-    partial: str | None = None
 
 
 @dataclass
@@ -321,6 +322,8 @@ class _Run:
     birth: str | None = None
     #: why each visibly incomplete searchset (by loc) is incomplete
     partial: dict[str, str] = field(default_factory=dict)
+    #: canonical `incomplete` keys (sections, elements) -> why: what may not have been sent
+    incomplete: dict[str, list[str]] = field(default_factory=dict)
 
     def issue(self, loc: str, code: str, msg: str) -> None:
         self.issues.append({"loc": loc, "code": code, "msg": msg})
@@ -488,8 +491,53 @@ def searchset_incomplete(doc: object) -> str | None:
     return ", ".join(why) or None
 
 
+#: what a resource type may supply, as keys of the canonical patient's `incomplete` (a
+#: section, or an element read from that type). A search of it that was not sent whole (or a
+#: CDS Hooks prefetch of it that was not sent) leaves those unknown.
+SUPPLIES: dict[str, tuple[str, ...]] = {
+    "Observation": ("observations",),
+    "DiagnosticReport": ("observations",),
+    # a pregnancy is also recorded as a Condition (see _pregnancy_condition)
+    "Condition": ("conditions", "pregnant"),
+    "MedicationStatement": ("exposures",),
+    "MedicationAdministration": ("exposures",),
+    "AllergyIntolerance": ("blinatumomab_hypersensitivity",),
+}
+#: a search whose resource type cannot be told: anything may be missing
+_ANYTHING = ("observations", "conditions", "exposures")
+
+
+def supplied_by(resource_type: str | None) -> tuple[str, ...]:
+    """`incomplete` keys for what a search of `resource_type` may hold (all, if not known)."""
+    if resource_type is None:
+        return _ANYTHING
+    return SUPPLIES.get(resource_type, ())
+
+
+_SEARCH_TYPE_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/?(?:\?|$)")
+
+
+def _searched_types(doc: JsonDict) -> set[str | None]:
+    """Resource types a search Bundle holds or was for (its matches, its `self` link); {None}
+    when neither tells."""
+    types: set[str | None] = set()
+    entries = doc.get("entry")
+    for e in entries if isinstance(entries, list) else []:
+        res = e.get("resource") if isinstance(e, dict) else None
+        t = res.get("resourceType") if isinstance(res, dict) else None
+        if isinstance(t, str) and t not in ("OperationOutcome", "Bundle"):
+            types.add(t)
+    links = doc.get("link")
+    for k in links if isinstance(links, list) else []:
+        url = k.get("url") if isinstance(k, dict) and k.get("relation") == "self" else None
+        m = _SEARCH_TYPE_RE.search(url.split("?")[0] + "?") if isinstance(url, str) else None
+        if m:
+            types.add(m.group(1))
+    return types or {None}
+
+
 def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
-             out: list[_Res], partial: str | None = None) -> None:
+             out: list[_Res]) -> None:
     if depth > _MAX_DEPTH:
         run.issue(loc, "fhir.too_deep", f"bundles nested deeper than {_MAX_DEPTH}; ignored")
         return
@@ -511,13 +559,18 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
             return
         why = searchset_incomplete(doc)
         if why is not None:
-            # More results exist than were sent: a newer result of an element seen here may be
-            # among them, so those elements are made unusable in _build (_partial_markers).
+            # More results exist than were sent: a newer result, a pregnancy or more days of
+            # therapy may be among them, whether or not this page shows that element at all,
+            # so everything a search of these types may hold is unknown (`incomplete`).
             run.partial[loc] = why
+            keys = sorted({k for t in _searched_types(doc) for k in supplied_by(t)})
+            for key in keys:
+                run.incomplete.setdefault(key, []).append(f"search result {loc} is incomplete "
+                                                          f"({why})")
             run.issue(loc, "fhir.incomplete_searchset",
-                      f"search result incomplete ({why}): results not sent may be newer, so "
-                      "the observations and blinatumomab days read from it are unusable")
-            partial = loc
+                      f"search result incomplete ({why}): results not sent may be newer or "
+                      f"add to what was sent, so {', '.join(keys) or 'what it holds'} "
+                      "cannot be decided from it")
         for i, e in enumerate(entries):
             eloc = f"{prefix}entry[{i}]"
             if not isinstance(e, dict):
@@ -537,17 +590,16 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
                         run.deleted.add(m.group(1))
                 continue
             fu = e.get("fullUrl")
-            _collect(run, res, eloc, fu if isinstance(fu, str) else None, depth + 1, out,
-                     partial)
+            _collect(run, res, eloc, fu if isinstance(fu, str) else None, depth + 1, out)
         return
-    out.append(_Res(loc, rtype, doc, full_url, partial=partial))
+    out.append(_Res(loc, rtype, doc, full_url))
     if rtype == "DiagnosticReport":
         # Lab reports often carry their results only as contained Observations.
         container = _source(out[-1])
         for k, c in run.items(doc, "contained", loc):
             if c.get("resourceType") == "Observation":
                 out.append(_Res(f"{loc}.contained[{k}]", "Observation", c, None, container,
-                                doc, partial))
+                                doc))
     elif rtype == "Medication":
         rid = doc.get("id")
         if isinstance(rid, str) and rid:
@@ -1509,10 +1561,10 @@ def _condition(run: _Run, r: _Res, out: JsonDict) -> None:
         # would read as still going on.
         stated = next((k for k in _ABATEMENT_KEYS if res.get(k) not in (None, False, "")), None)
         if stated is not None:
-            abatement = f"{stated} {short_repr(res[stated], 80)}"
+            abatement = "unknown"
             run.issue(f"{loc}.{stated}", "fhir.abatement_undated",
-                      f"{stated} is not a date: the condition ended at a time not known "
-                      "(unknown where that matters)")
+                      f"{stated} {short_repr(res[stated], 80)} is not a date: the condition "
+                      "ended at a time not known (passed on as abatement 'unknown')")
     if abatement is not None:
         base["abatement"] = abatement
     clinical = _status_field(run, res, "clinicalStatus", _CLINICAL_STATUS, loc)
@@ -1802,33 +1854,6 @@ def _screened(patients: list[_Res], patient_id: str | None) -> tuple[_Res | None
     return first, [first] + [r for r in patients if r is not first and _patient_keys(r) & keys]
 
 
-def _partial_markers(run: _Run, r: _Res, obs: list[JsonDict], exposures: list[JsonDict],
-                     seen: set[tuple[str, str, str]]) -> list[tuple[str, JsonDict]]:
-    """For what one resource of an incomplete searchset gave: an unusable result of each
-    observation element at each date seen (a newer result may be on a page not sent, so the
-    newest result sent must not decide), and one dateless blinatumomab course per Bundle (more
-    days may be on a page not sent: the total is unknown; it was given, as the records sent
-    show)."""
-    if r.partial is None:
-        return []
-    why = cut(f"{_UNREADABLE}: search result incomplete ({run.partial[r.partial]}), "
-              "a newer result may be on a page not sent", 120)
-    source = f"{r.partial} (incomplete search result)"
-    out: list[tuple[str, JsonDict]] = []
-    for o in obs:
-        date = o.get("date")
-        key = (o["element"], date if isinstance(date, str) else "", r.partial)
-        if isinstance(date, str) and key not in seen:
-            seen.add(key)
-            out.append(("observations", {"element": o["element"], "value": why, "date": date,
-                                         "source": source}))
-    key = ("blinatumomab", "", r.partial)
-    if exposures and key not in seen:
-        seen.add(key)
-        out.append(("exposures", {"element": "blinatumomab", "source": source}))
-    return out
-
-
 def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonDict:
     patient: JsonDict = {}
     out: JsonDict = {"observations": [], "conditions": [], "exposures": []}
@@ -1871,8 +1896,6 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
     # patient even when that Patient is not in the input; a bundle-local reference (urn:uuid)
     # that is not the screened Patient's fullUrl cannot be shown to be this patient.
     id_known = any(k.startswith("Patient/") for k in own)
-    markers: list[tuple[str, JsonDict]] = []
-    marked: set[tuple[str, str, str]] = set()
     for r in found:
         # Used elsewhere: Medication resolves medicationReference, DiagnosticReport dates and
         # contains results; neither is "ignored".
@@ -1905,18 +1928,14 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
                       "resource whose subject cannot be matched to the screened Patient "
                       "ignored")
             continue
-        n_obs, n_exp = len(out["observations"]), len(out["exposures"])
         try:
             handler(run, r, out)
         except Exception as exc:  # noqa: BLE001 - the no-crash contract outranks one resource
             run.issue(r.loc, "fhir.internal_error",
                       f"{r.rtype} could not be mapped ({type(exc).__name__}); ignored")
             continue
-        if r.partial is not None:
-            markers += _partial_markers(run, r, out["observations"][n_obs:],
-                                        out["exposures"][n_exp:], marked)
-    for section, record in markers:
-        out[section].append(record)
+    if run.incomplete:
+        out["incomplete"] = {k: "; ".join(v) for k, v in sorted(run.incomplete.items())}
     run.flush()
     return {**patient, **out}
 
