@@ -129,7 +129,9 @@ class ServiceMiddleware:
                 if err is not None:
                     code, type_, msg = err
                     extra = [(b"www-authenticate", b"Bearer")] if code == 401 else []
-                    await reject(code, [record(type_, ["header", "authorization"], msg)], extra)
+                    # located at the header that carried the credential (X-API-Key wins)
+                    where = "x-api-key" if b"x-api-key" in headers else "authorization"
+                    await reject(code, [record(type_, ["header", where], msg)], extra)
                     return
             declared = headers.get(b"content-length")
             if declared is not None:

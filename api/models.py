@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits: \d takes any script
 #: A screening date outside this range is a mistake, and near year 1 or 9999 the core's date
 #: windows (as_of minus N days) would overflow.
 AS_OF_MIN, AS_OF_MAX = date(1900, 1, 1), date(2199, 12, 31)

@@ -42,7 +42,7 @@ def _is_placeholder(secret: str) -> bool:
 def check_secret(what: str, secret: str) -> None:
     if _is_placeholder(secret):
         raise SettingsError(f"{what} looks like a placeholder; generate a real one, e.g. "
-                            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+                            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     if len(secret) < MIN_SECRET_LEN:
         raise SettingsError(f"{what} is shorter than {MIN_SECRET_LEN} characters")
 

@@ -266,7 +266,9 @@ def describe(c: Mapping[str, Any], eq: str = "=", on: str = "@") -> str:
                 continue
             s = f"{e['element']}{eq}{e.get('value')}"
             if "ratio" in e:
-                s += f" ({e['ratio']} x ULN {e['uln']})"
+                # a site's default ULN stands in for the result's own range: shown as such
+                site = ", site default" if e.get("uln_source") == "site default" else ""
+                s += f" ({e['ratio']} x ULN {e['uln']}{site})"
             if "date" in e:
                 s += f" {on}{e['date']}"
             parts.append(s)

@@ -108,7 +108,7 @@ def test_auth(client: TestClient) -> None:
     r = client.post(f"/trials/{TRIAL}/screen", json=body, headers={"Authorization": f"Basic {KEY}"})
     assert r.status_code == 401
     r = client.post(f"/trials/{TRIAL}/screen", json=body, headers={"X-API-Key": KEY + "0"})
-    assert r.status_code == 403
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["header", "x-api-key"]
     assert client.post(f"/trials/{TRIAL}/screen", json=body, headers={"X-API-Key": KEY}
                        ).status_code == 200
     assert client.get("/trials").status_code == 401
@@ -246,6 +246,7 @@ def test_fhir_input(client: TestClient) -> None:
     ({"patient": PATIENT, "as_of": 1764000000}, ["body", "as_of"]),
     ({"patient": PATIENT, "as_of": "2026-11-22T10:00:00"}, ["body", "as_of"]),
     ({"patient": PATIENT, "as_of": "0001-01-01"}, ["body", "as_of"]),
+    ({"patient": PATIENT, "as_of": "\uff12\uff10\uff12\uff16-11-22"}, ["body", "as_of"]),
     ({"as_of": AS_OF}, ["body"]),
     ({"patient": PATIENT, "fhir": {"resourceType": "Patient"}, "as_of": AS_OF}, ["body"]),
     ({"patient": {"resourceType": "Patient"}, "as_of": AS_OF}, ["body"]),

@@ -80,8 +80,13 @@ def test_site_uln_does_not_replace_an_unusable_range(tmp_path: Path) -> None:
             return {"observations": [
                 {"element": "alt", "value": 100, "unit": "U/L", "date": "2026-11-20", **kw},
                 {"element": "ast", "value": 20, "unit": "U/L", "date": "2026-11-20"}]}
-        # no range at all: the site default (40) gives 2.5 x ULN
-        assert verdict(s, alt(), "inc_liver_transaminases")["verdict"] == "met"
+        # no range at all: the site default (40) gives 2.5 x ULN, and the text says whose
+        v = verdict(s, alt(), "inc_liver_transaminases")
+        assert v["verdict"] == "met"
+        from screener.report import describe
+        assert "alt=100 U/L (2.5 x ULN 40 U/L, site default)" in describe(v)
+        v = verdict(s, alt(reference_range={"high": 40}), "inc_liver_transaminases")
+        assert "(2.5 x ULN 40 U/L)" in describe(v)
         # the lab's own range is there but unusable: not replaced by the site default
         for rr in ({"high": "25 U/L"}, {"high": 0}, {"high": 25, "unit": "furlongs"}):
             v = verdict(s, alt(reference_range=rr), "inc_liver_transaminases")
