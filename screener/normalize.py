@@ -394,16 +394,28 @@ _PATIENT_KEYS = frozenset({"id", "birth_date", "age", "sex", "observations", "co
 _SECTIONS = ("observations", "conditions", "exposures")
 
 
-def _incomplete(prep: Prepared, given: Any) -> None:
+#: keys of `incomplete` read one by one; beyond, every section counts as incomplete (a body of
+#: 140,000 unknown keys made a 270 MB report before this bound)
+MAX_INCOMPLETE_KEYS = 100
+_EVERYTHING = ("observations", "conditions", "exposures")
+
+
+def _incomplete(prep: Prepared, given: Any, where: str = "incomplete") -> None:
     """`incomplete`: data that may exist but was not received (section or element -> why).
-    Every element it covers is unknown, whatever the records sent say: a newer result, a
-    pregnancy or a course of therapy may be in what was not sent."""
-    if not isinstance(given, dict):
-        prep.issue("incomplete", "type", "incomplete must be an object (section or element -> "
-                   "why); every element is taken as possibly incomplete")
-        given = {"observations": "unreadable 'incomplete'", "conditions": "unreadable "
-                 "'incomplete'", "exposures": "unreadable 'incomplete'"}
+    Every element it covers is unknown wherever what was not sent could change the answer: a
+    newer result, a pregnancy or a course of therapy may be in it. (What was sent still counts
+    where nothing can undo it: a condition recorded present, a sticky result; see `_present`
+    and `_reading`.)"""
+    if not isinstance(given, dict) or len(given) > MAX_INCOMPLETE_KEYS:
+        prep.issue(where, "type" if not isinstance(given, dict) else "too_large",
+                   f"{where} must be an object of at most {MAX_INCOMPLETE_KEYS} sections or "
+                   "elements (each -> why); every section is taken as incomplete")
+        given = dict.fromkeys(_EVERYTHING, f"unreadable {where!r}")
     for key, why in sorted(given.items(), key=lambda kv: str(kv[0])):
+        shown = short_repr(key)
+        if not (isinstance(why, str) and why.strip()):
+            prep.issue(f"{where}.{shown}", "value", f"the reason for {shown} is not text; "
+                       "read as 'data not received'")
         reason = (f"data not received: {cut(why, 200)}" if isinstance(why, str) and why.strip()
                   else "data not received")
         if key == "observations":
@@ -411,22 +423,31 @@ def _incomplete(prep: Prepared, given: Any) -> None:
         elif key == "exposures":
             names = _EXPOSED
         elif key == "conditions":
-            # a record not sent may be what a review-based absence would miss, and a record
-            # sent may be contradicted by one not sent (a later 'resolved')
-            prep.unresolved.append(f"incomplete.conditions ({reason})")
+            # a record not sent may be what a review-based absence would miss
+            prep.unresolved.append(f"{where}.conditions ({reason})")
             names = _CONDITIONS
+        elif isinstance(key, str) and key in DEMOGRAPHIC:
+            prep.issue(f"{where}.{shown}", "value", f"{shown} is given or not (birth date, "
+                       "sex): it cannot be incomplete; ignored")
+            names = ()
         elif isinstance(key, str) and key in ELEMENTS:
             names = (key,)
         else:
             # an element we do not know: which records it meant is not known, so all of them
             close = did_you_mean(str(key), ELEMENTS) if isinstance(key, str) else None
-            prep.issue(f"incomplete.{short_repr(key)}", "unknown_element",
-                       f"unknown section or element {short_repr(key)} in incomplete"
+            prep.issue(f"{where}.{shown}", "unknown_element",
+                       f"unknown section or element {shown} in {where}"
                        + (f" (did you mean {close!r}?)" if close else ""), close)
-            names = (close,) if close else tuple(ELEMENTS)
+            if close:
+                names = (close,)
+            else:
+                names = tuple(n for sec in _EVERYTHING for n in _SECTION_ELEMENTS[sec])
+                prep.unresolved.append(f"{where}.{shown} ({reason})")
         for n in names:
             if n not in DEMOGRAPHIC:
-                prep.suspect.setdefault(n, []).append(reason)
+                lst = prep.suspect.setdefault(n, [])
+                if reason not in lst:
+                    lst.append(reason)
 
 
 def _unknown_fields(prep: Prepared, patient: Mapping[str, Any]) -> None:
@@ -440,6 +461,15 @@ def _unknown_fields(prep: Prepared, patient: Mapping[str, Any]) -> None:
             norm = k.strip().lower()
             section = next((sec for sec in _SECTIONS if norm in (sec, sec[:-1])), None) or \
                 did_you_mean(norm, _SECTIONS)
+            if section is None and (norm.startswith("incomplete") or
+                                    did_you_mean(norm, ("incomplete",))):
+                # "Incomplete", "incompelte", "incomplete_data": what it says cannot be read,
+                # and it may say that anything was not received
+                prep.issue(shown, "unknown_field", f"unknown field {shown} (did you mean "
+                           "'incomplete'?): every section is taken as incomplete")
+                _incomplete(prep, dict.fromkeys(
+                    _EVERYTHING, f"the patient has a field {shown} that may say so"), shown)
+                continue
         if section is None:
             prep.issue(shown, "unknown_field", f"unknown field {shown}: not read")
             continue
@@ -609,7 +639,8 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
 
     if day is None:
         _unusable(prep, name, day, stamp, loc, "date",
-                  f"missing or unusable date {short_repr(raw_date)}", f"{loc}.date")
+                  "no date" if raw_date is None else
+                  f"unusable date {short_repr(raw_date)}", f"{loc}.date")
         return
     if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
         _unusable(prep, name, day, stamp, loc, "status",
@@ -1070,6 +1101,8 @@ def _event_day(prep: Prepared, item: Mapping[str, Any], key: str, loc: str,
 
 _EXPOSED = tuple(n for n, e in ELEMENTS.items() if e.kind == "exposure")
 _CONDITIONS = tuple(n for n, e in ELEMENTS.items() if e.kind == "condition")
+_SECTION_ELEMENTS = {"observations": tuple(sorted(_OBSERVED)), "conditions": _CONDITIONS,
+                     "exposures": _EXPOSED}
 
 
 def _unplaced_exposure(prep: Prepared, loc: str, why: str) -> None:
@@ -1240,9 +1273,6 @@ def _age(prep: Prepared, ev: dict[str, Any]) -> int | None:
 def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], ...],
              ev: dict[str, Any], detail: bool = True) -> int | str | None:
     name = slot.element[0]
-    if name in prep.suspect:
-        ev["missing"] = "; ".join(prep.suspect[name])
-        return None
     readings = prep.readings.get(name, ())
     win = slot.within_days
     if win is None:
@@ -1264,6 +1294,11 @@ def _reading(prep: Prepared, slot: Slot, site_uln: tuple[tuple[str, Fraction], .
                     ev["basis"] = (f"a {sticky} result is not cleared by later results "
                                    f"(newest: {usable[0].shown} on {usable[0].day})")
             return kept.code
+    if name in prep.suspect:
+        # records that cannot be read, or not received: they may be newer than what was read
+        # (a sticky value read above stands whatever they say)
+        ev["missing"] = "; ".join(prep.suspect[name])
+        return None
     top_lo, top_zoned = (usable[0].lo, usable[0].zoned) if usable else (0, False)
     for day, stamp, why, loc, (_, u_hi, u_zoned) in prep.unusable.get(name, ()):
         # an unusable result that may be as new as the newest usable one (or undated) hides it
@@ -1400,8 +1435,9 @@ def _place(r: CondRecord, active: bool, start: date | None, point: bool
     why) it cannot be placed, so the test is unknown. `point`: the record is an event at its
     onset (a myocardial infarction), which does not last into a window."""
     name = r.element
-    if r.ended_unknown and (active or start is not None and not (
-            r.onset is not None and r.onset >= start)):
+    if r.ended_unknown and not point and not (active and r.clinical in _ENDED) and (
+            active or start is not None and not (r.onset is not None and r.onset >= start)):
+        # (an event at its onset, or a status that says it is over, needs no end date)
         # it ended at a time that cannot be read: still active, or into the window, not known
         return False, (f"{name} ({r.source}) ended at a time not recorded: whether it ended "
                        + ("by as_of" if active else "before the window") + " is not known")

@@ -6,6 +6,7 @@ say); the expected verdicts are the clinically careful ones, mostly `unknown` wi
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -557,3 +558,41 @@ def test_incomplete_makes_what_may_be_missing_unknown(screener: Screener) -> Non
     assert next(c for c in report["criteria"] if c["id"] == "inc_ecog")["verdict"] == "unknown"
     report = screener.screen(T1, {**base, "incomplete": ["observations"]}, AS_OF)
     assert next(c for c in report["criteria"] if c["id"] == "inc_ecog")["verdict"] == "unknown"
+
+
+def test_incomplete_is_bounded_deduplicated_and_never_silently_misspelt(
+        screener: Screener) -> None:
+    base = {**REVIEWED, "observations": [{"element": "ecog", "value": 1,
+                                          "date": "2026-11-15"}]}
+    assert verdict(screener, base, "inc_ecog")["verdict"] == "met"
+    # a look-alike of the field: what it says cannot be read, so everything may be missing
+    for field in ("Incomplete", "incompelte", "incomplete_data"):
+        v = verdict(screener, {**base, field: {"ecog": "feed down"}}, "inc_ecog")
+        assert v["verdict"] == "unknown", field
+    # many unknown keys: one reason, not one per key (the report stays small)
+    many = {f"zz{i}": "x" for i in range(5000)}
+    report = screener.screen(T1, {**base, "incomplete": many}, AS_OF)
+    assert len(json.dumps(report)) < 200_000
+    assert next(c for c in report["criteria"] if c["id"] == "inc_ecog")["verdict"] == "unknown"
+    few = {f"zz{i}": "x" for i in range(50)}
+    v = verdict(screener, {**base, "incomplete": few}, "inc_ecog")
+    assert v["verdict"] == "unknown" and v["missing"][0]["reason"] == "data not received: x"
+
+
+def test_what_was_not_received_cannot_undo_a_sticky_result(screener: Screener) -> None:
+    # a positive BCR-ABL1 stands whatever later results say, so whatever was not sent too
+    p = {"observations": [{"element": "bcr_abl1", "value": "positive", "date": "2026-10-01"}],
+         "incomplete": {"observations": "page 2 not sent"}}
+    report = screener.screen(T1, p, AS_OF)
+    crit = [c for c in report["criteria"]
+            if any(e.get("element") == "bcr_abl1" for e in c["evidence"])]
+    assert crit and all(c["verdict"] != "unknown" for c in crit), crit
+
+
+def test_an_unknown_end_does_not_matter_for_an_event_or_a_condition_that_is_over(
+        screener: Screener) -> None:
+    hf = {**REVIEWED, "conditions": [{"element": "heart_failure", "onset": "2020-01-01",
+                                      "clinical_status": "resolved", "abatement": "unknown"}]}
+    assert verdict(screener, hf, "exc_organ_dysfunction", T2)["verdict"] == "not_met"
+    hf["conditions"][0]["clinical_status"] = "active"
+    assert verdict(screener, hf, "exc_organ_dysfunction", T2)["verdict"] == "unknown"

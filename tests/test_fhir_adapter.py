@@ -471,6 +471,7 @@ def test_undated_observation_without_report_is_passed_on_undated() -> None:
     ("abatementString", "last spring"),
     ("abatementPeriod", {"start": "2026-01-01"}),          # no end
     ("abatementDateTime", "2026-02-30"),                   # not a calendar date
+    ("abatementDateTime", 0),                              # 0 == False: was dropped
     ("abatementBoolean", True),                            # STU3
 ])
 def test_an_end_that_is_not_a_date_is_passed_on_as_an_unusable_end(field: str, value: Any
@@ -514,6 +515,35 @@ def test_an_unreadable_effective_time_is_not_replaced_by_issued(effective: dict[
     p, issues = bundle_to_patient(bundle(report, r))
     (o,) = p["observations"]
     assert "date" not in o
+
+
+def test_a_reports_effective_time_comes_before_a_results_own_issued() -> None:
+    """A result with no effective time, released (issued) weeks after the report's effective
+    time: the report's time is when it was taken (review: dated by issued it was fresh)."""
+    r = obs("1742-6", id="o1", valueQuantity={"value": 90, "unit": "U/L"})
+    del r["effectiveDateTime"]
+    r["issued"] = "2026-11-15T10:00:00Z"
+    report = {"resourceType": "DiagnosticReport", "id": "d1", "status": "final",
+              "effectiveDateTime": "2026-09-01", "result": [{"reference": "Observation/o1"}]}
+    p, _ = bundle_to_patient(bundle(report, r))
+    assert p["observations"][0]["date"] == "2026-09-01"
+    # through a panel that has only issued: the report's effective time still decides
+    panel = obs("1742-6", id="pan", hasMember=[{"reference": "Observation/o1"}])
+    del panel["effectiveDateTime"]
+    panel["issued"] = "2026-11-16T10:00:00Z"
+    report["result"] = [{"reference": "Observation/pan"}]
+    p, _ = bundle_to_patient(bundle(report, panel, r))
+    assert {o["date"] for o in p["observations"]} == {"2026-09-01"}
+    # a panel whose own effective time is unreadable: its members are undated (unusable)
+    panel["effectiveDateTime"] = "2026-09-31"
+    p, issues = bundle_to_patient(bundle(report, panel, r))
+    assert all("date" not in o for o in p["observations"]), p["observations"]
+    # no effective time anywhere: issued (the result's own first) dates it
+    del panel["effectiveDateTime"]
+    del report["effectiveDateTime"]
+    p, _ = bundle_to_patient(bundle(report, panel, r))
+    assert next(o for o in p["observations"] if o["source"].endswith("o1"))["date"] == \
+        "2026-11-15T10:00:00Z"
 
 
 def test_a_report_with_an_unreadable_effective_time_does_not_date_its_results_by_issued(
@@ -808,6 +838,16 @@ def test_incomplete_searchset_makes_its_results_unusable(extra: dict[str, Any],
     ([], "https://ehr.example/fhir/Condition?patient=p1", ["conditions", "pregnant"]),
     ([], "MedicationStatement?patient=p1", ["exposures"]),
     ([], None, ["conditions", "exposures", "observations"]),   # nothing tells what was searched
+    # several types, or a search of Bundles: anything may be on the next page
+    ([], "https://ehr.example/fhir/Patient/p1/$everything", ["conditions", "exposures",
+                                                             "observations"]),
+    ([], "https://ehr.example/fhir/?_type=Observation,Condition", ["conditions", "exposures",
+                                                                   "observations"]),
+    ([], "https://ehr.example/fhir/Bundle?type=document", ["conditions", "exposures",
+                                                           "observations"]),
+    ([{"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+      {"resourceType": "Condition", "code": {"text": "y"}}], None,
+     ["conditions", "exposures", "observations"]),
     ([{"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/p1"}}], None,
      ["blinatumomab_hypersensitivity"]),
 ])

@@ -23,13 +23,40 @@ doc = st.recursive(leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
-@given(d=doc, indent=st.sampled_from([None, 1]), ascii=st.booleans())
-def test_same_document_as_the_standard_library(d: Any, indent: int | None, ascii: bool) -> None:
-    raw = json.dumps(d, indent=indent, ensure_ascii=ascii).encode()
-    got = jsonfast.loads_strict(raw)
-    want = json.loads(raw)
-    # same values and the same types (1 stays int, 1.0 float, big ints exact)
-    assert repr(got) == repr(want)
+@given(d=doc, indent=st.sampled_from([None, 1]), ascii=st.booleans(), pick=st.integers(0, 50))
+def test_documents_are_read_exactly_and_any_repeated_key_is_refused(
+        d: Any, indent: int | None, ascii: bool, pick: int) -> None:
+    raw = json.dumps(d, indent=indent, ensure_ascii=ascii)
+    got = jsonfast.loads_strict(raw.encode())
+    # the hook builds every object itself: same values, types, key order as the standard
+    # library's own dicts (1 stays int, 1.0 float, big ints exact)
+    assert repr(got) == repr(json.loads(raw))
+    # now repeat one key of one object (as a sender that writes a field twice would)
+    objects = [x for x in _walk(d) if isinstance(x, dict) and x]
+    if not objects:
+        return
+    target = objects[pick % len(objects)]
+    key = next(iter(target))
+    twice = {"__marker__": 1, **target}
+    target.clear()
+    target.update(twice)
+    text = json.dumps(d, indent=indent, ensure_ascii=ascii)
+    enc = json.dumps(key, ensure_ascii=ascii)
+    first = text.index('"__marker__": 1')
+    text = text[:first] + f"{enc}: 0" + text[first + len('"__marker__": 1'):]
+    with pytest.raises(jsonfast.DuplicateKeyError) as e:
+        jsonfast.loads_strict(text.encode())
+    assert e.value.key == key
+
+
+def _walk(x: Any) -> Any:
+    yield x
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _walk(v)
 
 
 def test_big_integers_stay_exact() -> None:

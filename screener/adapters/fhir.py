@@ -311,7 +311,7 @@ class _Run:
     tallies: dict[tuple[str, str], _Tally] = field(default_factory=dict)
     medications: dict[str, JsonDict] = field(default_factory=dict)
     #: id(observation dict) -> date inherited from the DiagnosticReport / panel that lists it
-    inherited_dates: dict[int, str] = field(default_factory=dict)
+    inherited: dict[int, _Times] = field(default_factory=dict)
     #: id(resource dict) -> (issue code, why) it cannot be used as it stands: a result listed by
     #: a retracted report or panel, or one of several differing versions of one resource
     doubtful: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -508,32 +508,41 @@ _ANYTHING = ("observations", "conditions", "exposures")
 
 
 def supplied_by(resource_type: str | None) -> tuple[str, ...]:
-    """`incomplete` keys for what a search of `resource_type` may hold (all, if not known)."""
-    if resource_type is None:
+    """`incomplete` keys for what a search of `resource_type` may hold (all, if not known, or
+    for a search of Bundles, which may hold anything)."""
+    if resource_type is None or resource_type == "Bundle":
         return _ANYTHING
     return SUPPLIES.get(resource_type, ())
 
 
-_SEARCH_TYPE_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/?(?:\?|$)")
+_SEARCH_TYPE_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/?$")
 
 
 def _searched_types(doc: JsonDict) -> set[str | None]:
-    """Resource types a search Bundle holds or was for (its matches, its `self` link); {None}
-    when neither tells."""
+    """The resource type a search Bundle was for: from its `self` link (`.../Observation?...`),
+    else from its matches when they are all of one type; {None} (anything) for a search of
+    several types (`_type=`, `$everything`, matches of different types) or one that says
+    nothing."""
+    links = doc.get("link")
+    for k in links if isinstance(links, list) else []:
+        url = k.get("url") if isinstance(k, dict) and k.get("relation") == "self" else None
+        if not isinstance(url, str):
+            continue
+        path, _, query = url.partition("?")
+        m = _SEARCH_TYPE_RE.search(path.strip())
+        if "$" in path or "_type=" in query or m is None:
+            return {None}
+        return {m.group(1)}
     types: set[str | None] = set()
     entries = doc.get("entry")
     for e in entries if isinstance(entries, list) else []:
         res = e.get("resource") if isinstance(e, dict) else None
+        mode = e.get("search", {}).get("mode") if isinstance(e, dict) and isinstance(
+            e.get("search"), dict) else None
         t = res.get("resourceType") if isinstance(res, dict) else None
-        if isinstance(t, str) and t not in ("OperationOutcome", "Bundle"):
+        if isinstance(t, str) and t != "OperationOutcome" and mode in (None, "match"):
             types.add(t)
-    links = doc.get("link")
-    for k in links if isinstance(links, list) else []:
-        url = k.get("url") if isinstance(k, dict) and k.get("relation") == "self" else None
-        m = _SEARCH_TYPE_RE.search(url.split("?")[0] + "?") if isinstance(url, str) else None
-        if m:
-            types.add(m.group(1))
-    return types or {None}
+    return types if len(types) == 1 else {None}
 
 
 def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
@@ -1144,20 +1153,6 @@ def _effective(run: _Run, res: JsonDict, loc: str) -> tuple[str | None, bool]:
     return d, d is not None or any(res.get(k) is not None for k in _EFFECTIVE_KEYS)
 
 
-def _obs_date(run: _Run, res: JsonDict, loc: str) -> str | None:
-    d, stated = _effective(run, res, loc)
-    return d if stated else run.date(res, "issued", loc)
-
-
-def _unreadable_effective(res: JsonDict) -> bool:
-    d, stated = _effective(_Run(), res, "")
-    return stated and d is None
-
-
-def _report_date(run: _Run, res: JsonDict, loc: str) -> str | None:
-    return _obs_date(run, res, loc)
-
-
 _Resolver = Callable[[object, str | None], _Res | None]
 
 
@@ -1191,55 +1186,97 @@ def _observation_resolver(found: list[_Res]) -> _Resolver:
     return resolve
 
 
+#: the times a result has or inherits: (effective date, whether an effective time was stated
+#: at all (an unreadable one gives (None, True)), issued date)
+_Times = tuple[str | None, bool, str | None]
+
+
+def _own_times(res: JsonDict) -> _Times:
+    silent = _Run()  # dates are read (and reported) again when each resource is mapped
+    d, stated = _effective(silent, res, "")
+    return d, stated, silent.date(res, "issued", "")
+
+
+def _passed_down(own: _Times, inherited: _Times | None) -> _Times:
+    """What a report or panel passes to the results it lists: the nearest effective time
+    stated (its own, else what it inherited; unreadable stays unreadable), and the nearest
+    issued date."""
+    eff, stated, issued = own
+    up_issued = inherited[2] if inherited is not None else None
+    if not stated and inherited is not None and inherited[1]:
+        eff, stated = inherited[0], True
+    return eff, stated, issued or up_issued
+
+
+def _date_of(own: _Times, inherited: _Times | None) -> str | None:
+    """A result's date: its own effective time; else the effective time of the report or panel
+    that lists it; else its own issued date; else theirs. An effective time that is stated but
+    unreadable (its own or the one it would inherit) gives None: when it was taken is not known,
+    and issued (the release time, weeks later maybe) must not stand in for it."""
+    eff, stated, issued = own
+    if stated:
+        return eff
+    if inherited is not None and inherited[1]:
+        return inherited[0]
+    return issued or (inherited[2] if inherited is not None else None)
+
+
 def _inherit_dates(run: _Run, found: list[_Res]) -> None:
-    """Give undated results the date of the report or panel that lists them.
+    """Give undated results the times of the report or panel that lists them.
 
     Lab feeds (the HL7 general health profile among them) date the DiagnosticReport and leave
     its results (result[] -> panel -> hasMember[]) undated; in FHIR the report's effective time
     is the clinically relevant time of those results, so dropping them would lose real data.
+    A report's effective time comes before a result's own `issued` (see `_date_of`).
     """
-    silent = _Run()  # dates are re-read (and reported) when each resource is mapped
     resolve = _observation_resolver(found)
 
-    def push(first: _Res, date: str, seen: set[int]) -> None:
+    def push(first: _Res, times: _Times, seen: set[int]) -> None:
         # Iterative: a long hasMember chain must not hit the recursion limit.
-        stack = [(first, date)]
+        stack = [(first, times)]
         while stack:
             r, inherited = stack.pop()
             if id(r.res) in seen:
                 continue  # hasMember cycles exist in the wild
             seen.add(id(r.res))
-            own = _obs_date(silent, r.res, r.loc)
-            if own is None and not _unreadable_effective(r.res):
-                # (a result whose own time is stated but unreadable is not dated by its report)
-                run.inherited_dates.setdefault(id(r.res), inherited)
+            run.inherited.setdefault(id(r.res), inherited)
             members = r.res.get("hasMember")
-            for m in reversed(members) if isinstance(members, list) else []:
+            if not isinstance(members, list):
+                continue
+            down = _passed_down(_own_times(r.res), inherited)
+            for m in reversed(members):
                 child = resolve(m, r.container)
                 if child is not None:
-                    stack.append((child, own or inherited))
+                    stack.append((child, down))
 
-    # One walk for all roots: a result's date is the first one that reaches it (setdefault),
-    # and the first walk to reach a result walks everything below it, so walking it again from
-    # a later root changed nothing but cost: a chain of 5,000 dated panels took 80 s.
+    # One walk for all roots: a result's times are the first that reach it (setdefault), and
+    # the first walk to reach a result walks everything below it, so walking it again from a
+    # later root changed nothing but cost: a chain of 5,000 dated panels took 80 s.
     seen: set[int] = set()
     for r in found:
         if r.rtype != "DiagnosticReport":
             continue
-        date = _report_date(silent, r.res, r.loc)
+        times = _passed_down(_own_times(r.res), None)
         results = r.res.get("result")
-        if date is None or not isinstance(results, list):
+        if times == (None, False, None) or not isinstance(results, list):
             continue
         container = _source(r)
         for ref in results:
             obs = resolve(ref, container)
             if obs is not None:
-                push(obs, date, seen)
+                push(obs, times, seen)
     for r in found:
-        if r.rtype == "Observation" and isinstance(r.res.get("hasMember"), list):
-            own = _obs_date(silent, r.res, r.loc)
-            if own is not None:
-                push(r, own, seen)
+        if r.rtype == "Observation" and isinstance(r.res.get("hasMember"), list) and \
+                id(r.res) not in seen:
+            # a panel that no report lists: its members inherit its times
+            down = _passed_down(_own_times(r.res), None)
+            if down == (None, False, None):
+                continue
+            seen.add(id(r.res))
+            for m in r.res["hasMember"]:
+                child = resolve(m, r.container)
+                if child is not None:
+                    push(child, down, seen)
 
 
 _RETRACTED_STATUS = ("entered-in-error", "cancelled")
@@ -1372,12 +1409,20 @@ def _obs_date_status(run: _Run, r: _Res) -> tuple[str | None, str | None]:
     result in doubt (`_Run.doubtful`), becomes "unknown": read as absent it would count as final,
     and it may have said entered-in-error."""
     res, loc = r.res, r.loc
-    date = _obs_date(run, res, loc) or run.inherited_dates.get(id(res))
-    if date is None and _unreadable_effective(res):
+    own, inherited = _own_times(res), run.inherited.get(id(res))
+    if not _effective(run, res, loc)[1]:   # (read again to report what cannot be read)
+        run.date(res, "issued", loc)
+    date = _date_of(own, inherited)
+    if date is None and own[1]:
         run.issue(loc, "fhir.missing_date",
                   "Observation effective[x] cannot be read (see fhir.bad_date), so when it was "
                   "taken is not known: not dated by issued or by its report; passed on "
                   "undated, so it is unusable")
+    elif date is None and inherited is not None and inherited[1]:
+        run.issue(loc, "fhir.missing_date",
+                  "Observation without its own effective time, listed by a report or panel "
+                  "whose effective time cannot be read: when it was taken is not known (not "
+                  "dated by issued); passed on undated, so it is unusable")
     elif date is None:
         run.issue(loc, "fhir.missing_date",
                   "Observation without effective[x] or issued date (none inherited from a "
@@ -1559,7 +1604,9 @@ def _condition(run: _Run, r: _Res, out: JsonDict) -> None:
         # an end that is not a readable date (an age or range, "last spring", a period with
         # no end, an unreadable dateTime): it ended, when is not known. Dropped, the condition
         # would read as still going on.
-        stated = next((k for k in _ABATEMENT_KEYS if res.get(k) not in (None, False, "")), None)
+        # (by identity: 0 == False, and an abatementDateTime of 0 is an end that is no date)
+        stated = next((k for k in _ABATEMENT_KEYS if not (
+            res.get(k) is None or res.get(k) is False or res.get(k) == "")), None)
         if stated is not None:
             abatement = "unknown"
             run.issue(f"{loc}.{stated}", "fhir.abatement_undated",
