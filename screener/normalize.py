@@ -638,9 +638,12 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         return
 
     if day is None:
-        _unusable(prep, name, day, stamp, loc, "date",
-                  "no date" if raw_date is None else
-                  f"unusable date {short_repr(raw_date)}", f"{loc}.date")
+        why = "no date" if raw_date is None else f"unusable date {short_repr(raw_date)}"
+        raw_value = get("value")
+        if isinstance(raw_value, str) and raw_value.startswith(UNREADABLE_PREFIX):
+            # an adapter's unreadable record: its own reason first (a quote left open, ...)
+            why = f"{cut(raw_value[len(UNREADABLE_PREFIX):].strip(), 200)}; {why}"
+        _unusable(prep, name, day, stamp, loc, "date", why, f"{loc}.date")
         return
     if status is not None and not (isinstance(status, str) and status in _OK_STATUS):
         _unusable(prep, name, day, stamp, loc, "status",

@@ -183,8 +183,10 @@ def test_without_trust_file_a_jwt_is_just_a_wrong_key() -> None:
     ({"clients": [{"iss": ISS, "jwks": {"keys": [{"kty": "EC", "crv": "P-384", "x": "AA",
                                                   "y": "AA"}]}}]}, "not a usable public key"),
     ({"clients": [{"iss": ISS, "jwks_file": "missing.json"}]}, "cannot read"),
-    ({"clients": [{"iss": ISS, "jwks": {"keys": [{"kty": "EC"}]}},
-                  {"iss": ISS, "jwks": {"keys": [{"kty": "EC"}]}}]}, "not a usable"),
+    ({"clients": [{"iss": ISS, "jwks": {"keys": [{"kty": "EC"}]}}]}, "not a usable"),
+    # usable keys, one issuer twice: which client's keys count is not guessed
+    ({"clients": [{"iss": ISS, "jwks": {"keys": [public_jwk(EC_KEY, "a")]}},
+                  {"iss": ISS, "jwks": {"keys": [public_jwk(EC_KEY, "a")]}}]}, "listed twice"),
 ])
 def test_broken_trust_files_stop_the_start(tmp_path: Path, doc: Any, msg: str) -> None:
     f = tmp_path / "trust.json"

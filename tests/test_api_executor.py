@@ -53,7 +53,11 @@ def test_cancelled_request_does_not_stall_the_rest() -> None:
         await slow
         return [await pool.run(lambda k=k: k) for k in range(3)]
 
-    assert asyncio.run(main()) == [0, 1, 2]
+    # bounded: a stalled queue fails the test instead of hanging the suite
+    async def bounded() -> list[int]:
+        return await asyncio.wait_for(main(), timeout=10)
+
+    assert asyncio.run(bounded()) == [0, 1, 2]
 
 
 def test_the_service_screens_on_the_screening_thread(monkeypatch: pytest.MonkeyPatch) -> None:

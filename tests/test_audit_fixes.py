@@ -162,7 +162,13 @@ def test_verification_status_is_read_whatever_its_case(screener: Screener, statu
     p = {**REVIEWED, "conditions": [{"element": "active_infection", "onset": "2026-11-18",
                                      "clinical_status": "active",
                                      "verification_status": status}]}
-    assert verdict(screener, p, "exc_active_infection")["verdict"] == "unknown"
+    report = screener.screen(T1, p, AS_OF)
+    v = next(c for c in report["criteria"] if c["id"] == "exc_active_infection")
+    assert v["verdict"] == "unknown"
+    # read as the status it is, whatever its case: no "unknown verification status" issue
+    # (except for a word that is no FHIR status: read as unconfirmed, and said so)
+    issues = [i for i in report["data_issues"] if "verification_status" in i["loc"]]
+    assert bool(issues) == (status == "suspected"), report["data_issues"]
 
 
 @pytest.mark.parametrize("status", ["Refuted", "ENTERED-IN-ERROR"])

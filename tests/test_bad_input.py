@@ -38,31 +38,32 @@ def verdicts(s: Screener, patient: Any) -> dict[str, Any]:
     pytest.param({"birth_date": "1800-01-01"}, "inc_age", "implausible", id="born-1800"),
     pytest.param({"birth_date": "1990-02-30"}, "inc_age", "date", id="impossible-date"),
     pytest.param({"birth_date": 19900101}, "inc_age", "date", id="date-as-number"),
-    pytest.param({"observations": [{**ALT, "value": "abc"}]}, "inc_liver_transaminases",
+    pytest.param({"observations": [{**ALT, "value": "abc"}, AST_OK]}, "inc_liver_transaminases",
                  "value", id="alt-string"),
-    pytest.param({"observations": [{**ALT, "value": True}]}, "inc_liver_transaminases",
+    pytest.param({"observations": [{**ALT, "value": True}, AST_OK]}, "inc_liver_transaminases",
                  "value", id="alt-bool"),
-    pytest.param({"observations": [{**ALT, "value": 1e308}]}, "inc_liver_transaminases",
+    pytest.param({"observations": [{**ALT, "value": 1e308}, AST_OK]}, "inc_liver_transaminases",
                  "implausible", id="alt-1e308"),
-    pytest.param({"observations": [{**ALT, "value": float("nan")}]},
+    pytest.param({"observations": [{**ALT, "value": float("nan")}, AST_OK]},
                  "inc_liver_transaminases", "value", id="alt-nan"),
-    pytest.param({"observations": [{**ALT, "value": float("inf")}]},
+    pytest.param({"observations": [{**ALT, "value": float("inf")}, AST_OK]},
                  "inc_liver_transaminases", "value", id="alt-inf"),
-    pytest.param({"observations": [{**ALT, "value": -5}]}, "inc_liver_transaminases",
+    pytest.param({"observations": [{**ALT, "value": -5}, AST_OK]}, "inc_liver_transaminases",
                  "implausible", id="alt-negative"),
-    pytest.param({"observations": [{**ALT, "value": 50, "unit": "furlongs"}]},
+    pytest.param({"observations": [{**ALT, "value": 50, "unit": "furlongs"}, AST_OK]},
                  "inc_liver_transaminases", "unit", id="unknown-unit"),
-    pytest.param({"observations": [{**ALT, "value": 50, "unit": None}]},
+    pytest.param({"observations": [{**ALT, "value": 50, "unit": None}, AST_OK]},
                  "inc_liver_transaminases", "unit", id="no-unit"),
-    pytest.param({"observations": [{**ALT, "value": 500, "date": "2027-01-01"}]},
+    pytest.param({"observations": [{**ALT, "value": 500, "date": "2027-01-01"}, AST_OK]},
                  "inc_liver_transaminases", "after_as_of", id="future-date"),
-    pytest.param({"observations": [{**ALT, "value": 500, "status": "entered-in-error"}]},
+    pytest.param({"observations": [{**ALT, "value": 500, "status": "entered-in-error"}, AST_OK]},
                  "inc_liver_transaminases", "status", id="entered-in-error"),
-    pytest.param({"observations": [{**ALT, "value": 500, "comparator": ">"}]},
+    pytest.param({"observations": [{**ALT, "value": 500, "comparator": ">"}, AST_OK]},
                  "inc_liver_transaminases", "censored", id="censored"),
-    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": 0}}]},
+    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": 0}}, AST_OK]},
                  "inc_liver_transaminases", "reference_range", id="uln-zero"),
-    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": "x"}}]},
+    pytest.param({"observations": [{**ALT, "value": 500, "reference_range": {"high": "x"}},
+                                   AST_OK]},
                  "inc_liver_transaminases", "reference_range", id="uln-string"),
     pytest.param({"observations": [{"element": "ecog", "value": 7, "date": "2026-11-20"}]},
                  "inc_ecog", "implausible", id="ecog-7"),
@@ -86,8 +87,16 @@ def test_bad_value_gives_unknown_with_issue(screener: Screener, patient: dict[st
 
 
 def test_conflicting_same_time_results_are_unknown(screener: Screener) -> None:
-    p = {"observations": [{**ALT, "value": 30}, {**ALT, "value": 300}]}
-    assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "unknown"
+    # (a normal AST beside: the criterion reads both, and without it is unknown anyway)
+    for values in ((30, 300), (300, 30)):
+        p = {"observations": [{**ALT, "value": values[0]}, {**ALT, "value": values[1]},
+                              AST_OK]}
+        c = verdicts(screener, p)["inc_liver_transaminases"]
+        assert c["verdict"] == "unknown" and "conflicting alt results" in c["missing"][0][
+            "reason"]
+    # control: one of them alone decides
+    p = {"observations": [{**ALT, "value": 30}, AST_OK]}
+    assert verdicts(screener, p)["inc_liver_transaminases"]["verdict"] == "met"
 
 
 def test_newest_in_window_wins(screener: Screener) -> None:
@@ -160,16 +169,19 @@ REVIEWED = {"reviewed": {"conditions": "2026-11-20", "exposures": "2026-11-20"}}
 
 @pytest.mark.parametrize("patient,criterion", [
     pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
-                                   {**ALT, "value": "garbled", "date": "2026-11-20"}]},
+                                   {**ALT, "value": "garbled", "date": "2026-11-20"},
+                                   AST_OK]},
                  "inc_liver_transaminases", id="newer-unusable-hides-older-normal"),
     pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
-                                   {**ALT, "value": 500, "unit": "mg", "date": "2026-11-20"}]},
+                                   {**ALT, "value": 500, "unit": "mg", "date": "2026-11-20"},
+                                   AST_OK]},
                  "inc_liver_transaminases", id="newer-unknown-unit-hides-older"),
     pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
-                                   {**ALT, "value": 500, "date": None}]},
+                                   {**ALT, "value": 500, "date": None}, AST_OK]},
                  "inc_liver_transaminases", id="undated-result-hides-older"),
     pytest.param({"observations": [{**ALT, "value": 30, "date": "2026-11-10"},
-                                   {**ALT, "value": 500, "status": "preliminary"}]},
+                                   {**ALT, "value": 500, "status": "preliminary"},
+                                   AST_OK]},
                  "inc_liver_transaminases", id="newer-preliminary-hides-older"),
     pytest.param({**REVIEWED, "conditions": [{"element": "dvtt", "onset": "2026-11-01"}]},
                  "exc_venous_thrombosis", id="misspelt-condition-with-review"),
@@ -185,6 +197,12 @@ def test_unreadable_records_never_read_as_absent(screener: Screener, patient: di
                                                  criterion: str) -> None:
     """A record we cannot read may say the patient is excluded: unknown, never a pass."""
     assert verdicts(screener, patient)[criterion]["verdict"] == "unknown"
+    # control: without the unreadable record the rest decides, so it is what made it unknown
+    # (the ALT cases: the older normal ALT and the AST; the conditions: the review)
+    readable = {**patient, "conditions": [],
+                "observations": [o for i, o in enumerate(patient.get("observations", []))
+                                 if i != 1]}
+    assert verdicts(screener, readable)[criterion]["verdict"] != "unknown"
 
 
 @pytest.mark.parametrize("exposure", [
@@ -299,7 +317,7 @@ def test_long_text_and_huge_numbers_never_become_cache_keys(screener: Screener) 
         {**ALT, "value": long_text},
         {**ALT, "value": 10**4000, "date": "2026-11-19"},
         {**ALT, "value": 50, "unit": "U/L" + " " * 5000, "date": "2026-11-18"},
-        {**ALT, "value": 50, "date": "2026-11-17" + "T" + "0" * 5000},
+        {**ALT, "value": 50, "date": "2026-11-17" + "T" + "0" * 5000}, AST_OK,
     ]}
     r = verdicts(screener, p)
     assert r["inc_liver_transaminases"]["verdict"] == "unknown"
@@ -322,7 +340,8 @@ def test_huge_strings_are_not_copied_into_reports(screener: Screener) -> None:
                                 {"element": "lvef", "value": 60, "unit": "%",
                                  "date": "2026-11-20", "source": "echo " + big},
                                 {**ALT, "value": 50, "unit": "U/L" + big},
-                                {**ALT, "element": "ecog", "value": 1, "date": "2026" + big}],
+                                {**ALT, "element": "ecog", "value": 1, "date": "2026" + big},
+                                AST_OK],
                "conditions": [{"element": "dvt" + big}]}
     r = screener.screen(T, patient, AS_OF)
     text = json.dumps(r)

@@ -112,8 +112,9 @@ def test_a_single_criterion_too_wide_for_the_engine_is_refused(tmp_path: Path) -
               "logic": {"any": [{"fact": "lvef", "op": "<", "value": k} for k in range(60)]}}]
     with pytest.raises(RuleFileError) as e:
         Screener.from_paths([str(write_trial(tmp_path, crits))])
-    assert [x.code for x in e.value.errors] == ["compile.too_complex"] or \
-        [x.code for x in e.value.errors] == ["compile.too_wide"]
+    # 60 one-leaf branches: too many root tests for the engine's matching stack (one
+    # expression, so not too_complex)
+    assert [x.code for x in e.value.errors] == ["compile.too_wide"]
 
 
 def test_lint_errors_keep_a_trial_from_being_served(tmp_path: Path) -> None:

@@ -99,9 +99,13 @@ def test_unclosed_quote_does_not_swallow_the_following_lines(tmp_path: Path) -> 
             ("l.csv:row 4", "inside_open_quote")} <= codes
     quote = [i for i in _all_issues(recs) if i["code"] == "unbalanced_quote"]
     assert "multiline_fields" in quote[0]["msg"]
-    # neither patient's ALT is decided by the older result
+    # neither patient's ALT is decided by the older result: the unusable line is what makes
+    # it unknown (each patient's AST is unknown too, so the verdict alone would not show it)
+    from screener.normalize import prepare
     for pid in ("1", "2"):
         assert _liver_verdict(p[pid]) == "unknown", pid
+        prep = prepare(p[pid], AS_OF)
+        assert any("quote left open" in why for _, _, why, _, _ in prep.unusable["alt"]), pid
 
 
 def test_unclosed_quote_that_shifts_the_columns_is_unusable_for_its_patient(
@@ -471,8 +475,12 @@ def test_a_short_long_table_row_missing_mapped_columns_is_not_padded(tmp_path: P
     it was skipped as 'no value' and the older ALT decided."""
     labs = ("pid,comment,loinc,val,unit,hi,d\n"
             "1,,1742-6,30,U/L,40,2026-11-01\n"
+            "1,,1920-8,30,U/L,40,2026-11-01\n"
             "1,hemolysed\r\nrepeat,1742-6,200,U/L,40,2026-11-10\n")
     assert _liver_verdict(_by_id(_run(tmp_path, "pid\n1\n", labs))["1"]) == "unknown"
+    # control: without the cut row the older ALT (and the AST) decide
+    whole = "".join(labs.splitlines(keepends=True)[:3])
+    assert _liver_verdict(_by_id(_run(tmp_path, "pid\n1\n", whole))["1"]) == "met"
 
 
 def test_a_shifted_row_of_another_analyte_leaves_ours_alone(tmp_path: Path) -> None:
