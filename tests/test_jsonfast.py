@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,6 +48,32 @@ def test_documents_are_read_exactly_and_any_repeated_key_is_refused(
     with pytest.raises(jsonfast.DuplicateKeyError) as e:
         jsonfast.loads_strict(text.encode())
     assert e.value.key == key
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(d=doc, pick=st.integers(0, 50))
+def test_the_compact_fast_path_reads_the_same_and_still_refuses_a_repeated_key(
+        d: Any, pick: int) -> None:
+    try:
+        raw = orjson.dumps(d)          # compact, as orjson writes it: the fast path
+    except TypeError:                  # an integer beyond 64 bits: not writable by orjson
+        return
+    assert repr(jsonfast.loads_strict(raw)) == repr(json.loads(raw))
+    assert repr(jsonfast.loads_strict(b" " + raw + b"\n")) == repr(json.loads(raw))
+    objects = [x for x in _walk(d) if isinstance(x, dict) and x]
+    if not objects:
+        return
+    target = objects[pick % len(objects)]
+    key = next(iter(target))
+    marker = {"__marker__": 1, **target}
+    target.clear()
+    target.update(marker)
+    text = orjson.dumps(d)
+    enc = orjson.dumps(key)
+    at = text.index(b'"__marker__":1')
+    text = text[:at] + enc + b":0" + text[at + len(b'"__marker__":1'):]
+    with pytest.raises(jsonfast.DuplicateKeyError):
+        jsonfast.loads_strict(text)
 
 
 def _walk(x: Any) -> Any:
