@@ -300,10 +300,10 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
     # (K91.2), GI graft-versus-host disease (K93.8 is not specific: D89.81 with a GI code)
     # are possible only: unknown while active, so that a reviewed list with a coded
     # obstruction is not read as "no GI dysfunction" (second rule review, by analogy with
-    # infections). A broader code makes one element possible: K55.0 (acute intestinal
-    # ischaemia) goes to arterial_thrombosis.
+    # infections). K55.0 (acute intestinal ischaemia or infarction) is possible here and as an
+    # arterial thrombosis: a broader code makes every element it may be possible.
     Element("gi_dysfunction", "condition", "severe gastrointestinal dysfunction",
-            broader_icd10=("K56", "K631", "K5931", "K85", "K912", "K559", "D8981")),
+            broader_icd10=("K56", "K631", "K5931", "K85", "K912", "K550", "K559", "D8981")),
     Element("epilepsy", "condition", "epilepsy", snomed=("84757009",), icd10=("G40", "G41")),
     Element("antiepileptic_therapy", "boolean", "currently on antiepileptic therapy"),
     Element("blinatumomab_hypersensitivity", "condition",
@@ -347,12 +347,12 @@ def condition_for(system: str, code: str) -> str | None:
     return None
 
 
-def condition_broader(system: str, code: str) -> str | None:
-    """The condition element a broader code makes possible but does not prove, or None."""
-    for e in ELEMENTS.values():
-        if e.kind == "condition" and _matches(system, code, e.broader_snomed, e.broader_icd10):
-            return e.name
-    return None
+def condition_broader(system: str, code: str) -> tuple[str, ...]:
+    """Every condition element a broader code makes possible but does not prove (K55.0,
+    acute vascular disorders of the intestine: an arterial thrombosis, or a severe GI
+    dysfunction); empty if none."""
+    return tuple(e.name for e in ELEMENTS.values() if e.kind == "condition" and
+                 _matches(system, code, e.broader_snomed, e.broader_icd10))
 
 
 def normalise_unit(unit: str | None) -> str:

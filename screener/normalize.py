@@ -723,12 +723,14 @@ def _system_name(system: str) -> str:
     return {SNOMED: "SNOMED CT", LOINC: "LOINC", PROJECT: "project"}.get(system, system)
 
 
-def _broader_of(item: Mapping[str, Any]) -> str | None:
+def _broader_of(item: Mapping[str, Any]) -> list[str]:
+    """Every element the entry's broader codes make possible, in code order."""
+    out: list[str] = []
     for system, code in _codings(item):
-        name = condition_broader(system, code)
-        if name:
-            return name
-    return None
+        for name in condition_broader(system, code):
+            if name not in out:
+                out.append(name)
+    return out
 
 
 #: unknown element names checked for misspellings per patient; beyond this, every element is
@@ -935,18 +937,22 @@ def _condition(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
 
 
 def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str | None) -> None:
-    broader = None if name is not None else _broader_of(item)
-    if broader is not None and item.get("present") is False:
+    broader = _broader_of(item) if name is None else []
+    if broader and item.get("present") is False:
         # "no atrial fibrillation" does not say "no clinically significant arrhythmia"
-        prep.issue(loc, "broader_code", f"a documented absence of a concept broader than or "
-                   f"beside {broader!r} does not prove {broader!r} absent: not used", broader)
+        for b in broader:
+            prep.issue(loc, "broader_code", f"a documented absence of a concept broader than or "
+                       f"beside {b!r} does not prove {b!r} absent: not used", b)
         return
-    if broader is not None:
-        # e.g. "acute lymphoblastic leukemia" for B-ALL: possible, not proven
-        prep.issue(loc, "broader_code", f"coded with a broader concept than {broader!r}: "
-                   "unconfirmed", broader)
-        name = broader
-        item = {**item, "verification_status": "unconfirmed"}
+    if broader:
+        # e.g. "acute lymphoblastic leukemia" for B-ALL: possible, not proven; a code that may
+        # be either of two (K55.0: an arterial thrombosis or a severe GI dysfunction) makes
+        # each possible
+        for b in broader:
+            prep.issue(loc, "broader_code", f"coded with a broader concept than {b!r}: "
+                       "unconfirmed", b)
+            _condition_record(prep, {**item, "verification_status": "unconfirmed"}, loc, b)
+        return
     if name is None:
         # unmapped diagnosis codes are normal (a record holds many): noted without alarm
         _unknown_name(prep, item, loc, "condition")
@@ -961,6 +967,10 @@ def _condition_of(prep: Prepared, item: Mapping[str, Any], loc: str, name: str |
             shown = ", ".join(f"{_system_name(system)} {code}" for system, code in codings)
             prep.unresolved.append(f"{loc} ({shown or 'no usable code'})")
         return
+    _condition_record(prep, item, loc, name)
+
+
+def _condition_record(prep: Prepared, item: Mapping[str, Any], loc: str, name: str) -> None:
     if ELEMENTS[name].kind != "condition":
         prep.issue(loc, "wrong_section", f"{name!r} is not a condition", name)
         # a record of it in the wrong place: it exists, and cannot be read as one

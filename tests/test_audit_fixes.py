@@ -602,3 +602,22 @@ def test_an_unknown_end_does_not_matter_for_an_event_or_a_condition_that_is_over
     assert verdict(screener, hf, "exc_organ_dysfunction", T2)["verdict"] == "not_met"
     hf["conditions"][0]["clinical_status"] = "active"
     assert verdict(screener, hf, "exc_organ_dysfunction", T2)["verdict"] == "unknown"
+
+
+def test_a_broader_code_makes_every_element_it_may_be_possible(screener: Screener) -> None:
+    """K55.0 (acute vascular disorders of the intestine) may be an arterial thrombosis or a
+    severe GI dysfunction: it made only the first possible, so a reviewed list with K55.0 was
+    'no GI dysfunction'."""
+    k550 = {**REVIEWED, "conditions": [{"codes": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                                   "code": "K55.0"}],
+                                        "onset": "2026-11-01", "clinical_status": "active"}]}
+    v = verdict(screener, k550, "exc_organ_dysfunction", T2)
+    assert v["verdict"] == "unknown"
+    assert any(m["element"] == "gi_dysfunction" for m in v["missing"])
+    assert verdict(screener, k550, "exc_arterial_thrombosis")["verdict"] == "unknown"
+    # a documented absence of a broader concept proves neither absent
+    absent = {**REVIEWED, "conditions": [{**k550["conditions"][0], "present": False,
+                                          "date": "2026-11-20"}]}
+    report = screener.screen(T2, absent, AS_OF)
+    said = [i for i in report["data_issues"] if i["code"] == "broader_code"]
+    assert len(said) == 2
