@@ -33,21 +33,12 @@ def test_documents_are_read_exactly_and_any_repeated_key_is_refused(
     # library's own dicts (1 stays int, 1.0 float, big ints exact)
     assert repr(got) == repr(json.loads(raw))
     # now repeat one key of one object (as a sender that writes a field twice would)
-    objects = [x for x in _walk(d) if isinstance(x, dict) and x]
-    if not objects:
-        return
-    target = objects[pick % len(objects)]
-    key = next(iter(target))
-    twice = {"__marker__": 1, **target}
-    target.clear()
-    target.update(twice)
-    text = json.dumps(d, indent=indent, ensure_ascii=ascii)
-    enc = json.dumps(key, ensure_ascii=ascii)
-    first = text.index('"__marker__": 1')
-    text = text[:first] + f"{enc}: 0" + text[first + len('"__marker__": 1'):]
-    with pytest.raises(jsonfast.DuplicateKeyError) as e:
-        jsonfast.loads_strict(text.encode())
-    assert e.value.key == key
+    twice = _repeat_a_key(d, pick, lambda x: json.dumps(x, indent=indent,
+                                                        ensure_ascii=ascii).encode(), b": ")
+    if twice is not None:
+        with pytest.raises(jsonfast.DuplicateKeyError) as e:
+            jsonfast.loads_strict(twice[0])
+        assert e.value.key == twice[1]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -60,20 +51,26 @@ def test_the_compact_fast_path_reads_the_same_and_still_refuses_a_repeated_key(
         return
     assert repr(jsonfast.loads_strict(raw)) == repr(json.loads(raw))
     assert repr(jsonfast.loads_strict(b" " + raw + b"\n")) == repr(json.loads(raw))
+    twice = _repeat_a_key(d, pick, orjson.dumps, b":")
+    if twice is not None:
+        with pytest.raises(jsonfast.DuplicateKeyError):
+            jsonfast.loads_strict(twice[0])
+
+
+def _repeat_a_key(d: Any, pick: int, dumps: Any, sep: bytes) -> tuple[bytes, str] | None:
+    """`d` written by `dumps` (key-value separator `sep`) with the first key of one of its
+    objects written twice, the first time with the value 0; None if it has no such object."""
     objects = [x for x in _walk(d) if isinstance(x, dict) and x]
     if not objects:
-        return
+        return None
     target = objects[pick % len(objects)]
     key = next(iter(target))
-    marker = {"__marker__": 1, **target}
+    marked = {"__marker__": 1, **target}
     target.clear()
-    target.update(marker)
-    text = orjson.dumps(d)
-    enc = orjson.dumps(key)
-    at = text.index(b'"__marker__":1')
-    text = text[:at] + enc + b":0" + text[at + len(b'"__marker__":1'):]
-    with pytest.raises(jsonfast.DuplicateKeyError):
-        jsonfast.loads_strict(text)
+    target.update(marked)
+    text, marker = dumps(d), b'"__marker__"' + sep + b"1"
+    at = text.index(marker)
+    return text[:at] + dumps(key) + sep + b"0" + text[at + len(marker):], key
 
 
 def _walk(x: Any) -> Any:
