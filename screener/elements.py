@@ -66,6 +66,11 @@ class Element:
     #: a reference range is used only in the value's own unit: the element covers analytes
     #: whose mass units convert differently (BUN and urea)
     range_in_value_unit: bool = False
+    #: (x ULN elements) the band an upper limit of normal falls in, canonical unit, inclusive:
+    #: laboratories' ULNs vary, but one outside this band is a unit mix-up (a creatinine range
+    #: of 106 read as mg/dL; 40 ukat/L for ALT), whether it comes with a result or is a site
+    #: default in a rule file
+    uln_band: tuple[Fraction, Fraction] | None = None
 
 
 def _f(x: str) -> Fraction:
@@ -120,24 +125,30 @@ ELEMENTS: dict[str, Element] = {e.name: e for e in [
             plausible=(0, 30), integer=True),
     # --- organ function: labs with reference ranges -----------------------------------------
     Element("alt", "quantity", "alanine aminotransferase (ALT)", unit="U/L", units=_ENZYME,
-            plausible=(0, 100000), uln=True, loinc=("1742-6",)),
+            plausible=(0, 100000), uln=True, uln_band=(_f("10"), _f("200")), loinc=("1742-6",)),
     Element("ast", "quantity", "aspartate aminotransferase (AST)", unit="U/L", units=_ENZYME,
-            plausible=(0, 100000), uln=True, loinc=("1920-8",)),
+            plausible=(0, 100000), uln=True, uln_band=(_f("10"), _f("200")), loinc=("1920-8",)),
     Element("bilirubin_total", "quantity", "total bilirubin", unit="mg/dL",
             units={"mg/dl": _ONE, "umol/l": 1 / _f("17.1"), "µmol/l": 1 / _f("17.1"),
                    "mmol/l": 1000 / _f("17.1")},
-            plausible=(0, 100), uln=True, loinc=("1975-2", "14631-6", "42719-5")),
+            plausible=(0, 100), uln=True, uln_band=(_f("0.4"), _f("4")),
+            loinc=("1975-2", "14631-6", "42719-5")),
     Element("creatinine", "quantity", "serum creatinine", unit="mg/dL",
             units={"mg/dl": _ONE, "umol/l": 1 / _f("88.4"), "µmol/l": 1 / _f("88.4"),
                    "mmol/l": 1000 / _f("88.4")},
-            plausible=(0, 50), uln=True, loinc=("2160-0", "14682-9", "38483-4")),
+            plausible=(0.1, 50), uln=True, uln_band=(_f("0.4"), _f("4")),
+            loinc=("2160-0", "14682-9", "38483-4")),
     # BUN and urea are one element: the protocols say "BUN" and labs report either. A x ULN
     # comparison uses the result's own reference range, so the analyte never matters there, as
     # long as value and range share a unit: 40 mg/dL of urea is 6.7 mmol/L, of BUN 14.3 mmol/L,
     # so a range in another unit than the value cannot be converted (range_in_value_unit).
+    # Urea in mass units is "mg/dL{urea}" (the FHIR adapter writes it for LOINC 3091-6):
+    # 60 g of urea hold 28 g of nitrogen, so it is converted to BUN; plain mg/dL is BUN.
     Element("bun", "quantity", "urea nitrogen (BUN) or urea", unit="mg/dL",
-            units={"mg/dl": _ONE, "mmol/l": 1 / _f("0.357")},
+            units={"mg/dl": _ONE, "mmol/l": 1 / _f("0.357"),
+                   "mg/dl{urea}": _f("28.0134") / _f("60.0553")},
             plausible=(0, 500), uln=True, range_in_value_unit=True,
+            uln_band=(_f("8"), _f("80")),
             loinc=("3094-0", "14937-7", "6299-2", "22664-7", "3091-6")),
     Element("creatinine_clearance", "quantity", "creatinine clearance or eGFR", unit="mL/min",
             units={"ml/min": _ONE, "ml/min/1.73m2": _ONE, "ml/min/{1.73_m2}": _ONE},

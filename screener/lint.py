@@ -60,11 +60,6 @@ MAX_COMBINATIONS = 20_000
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 #: a multiple of the ULN above this is almost certainly an absolute value written as x_uln
 MAX_SENSIBLE_X_ULN = 20
-#: usual adult upper limits of normal, in each element's unit: a site ULN more than 4x away
-#: from them is flagged (lint.site_uln_suspect)
-_TYPICAL_ULN = {"alt": Fraction(40), "ast": Fraction(40), "bilirubin_total": Fraction(12, 10),
-                "creatinine": Fraction(12, 10), "bun": Fraction(20)}
-
 #: Thresholds a protocol plausibly writes, in the element's canonical unit, for the elements that
 #: laboratories also report in another unit. A `value` threshold outside this band that lands
 #: inside it once read in another accepted unit was most likely copied from a report in that
@@ -445,13 +440,14 @@ class Linter:
         """A site ULN far from any laboratory's (creatinine 1.2 written in umol/L is 0.014
         mg/dL): every result without its own range would be compared with it."""
         for name, uln in self.trial.site_uln:
-            typical = _TYPICAL_ULN.get(name)
-            if typical is None or typical / 4 <= uln <= typical * 4:
-                continue
             el = ELEMENTS[name]
+            band = el.uln_band   # the same band results' own ranges are held to (normalize)
+            if band is None or band[0] <= uln <= band[1]:
+                continue
             self.add(("site_uln", name, "value"), "lint.site_uln_suspect",
-                     f"site ULN of {name} is {float(uln):.4g} {el.unit}, far from a usual upper "
-                     f"limit (about {float(typical):.4g} {el.unit}): is the unit right?",
+                     f"site ULN of {name} is {float(uln):.4g} {el.unit}, outside the usual band "
+                     f"of upper limits ({float(band[0]):.4g}-{float(band[1]):.4g} {el.unit}): "
+                     "is the unit right?",
                      "error", hint="write the value and unit as the laboratory reports them; "
                      "every result without its own range is compared with this one")
 

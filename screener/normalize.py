@@ -676,14 +676,21 @@ def _observation(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
         shown = value
     else:
         unit = get("unit")
-        if el.name in ("hbv_dna", "hcv_rna") and isinstance(unit, str) and "log" in \
-                unit.lower() and not isinstance(raw, str):
-            # log10 IU/mL: 0 is 1 IU/mL (detected), and labs also write 0 for "not detected"
+        if el.name in ("hbv_dna", "hcv_rna") and not isinstance(raw, (str, bool)):
+            # log10 IU/mL ("log", UCUM "lg", or a log LOINC code): 0 is 1 IU/mL (detected), and
+            # labs also write 0 for "not detected"; so 0 says "not detected" only in a linear
+            # unit (IU/mL, copies/mL)
+            norm = normalise_unit(unit) if isinstance(unit, str) else ""
+            log = "log" in norm or norm.startswith("lg") or any(
+                code in _LOG_VIRAL_LOINC for _, code in _codings(item))
             n = parse_number(raw)
-            if n is None or n <= 0:
+            if n is not None and (n < 0 or (n == 0 and (log or norm not in _LINEAR_VL))):
                 _unusable(prep, name, day, stamp, loc, "value", f"{name} {short_repr(raw)} "
-                          f"{short_repr(unit)}: a log value of 0 or less does not say whether "
-                          "the virus was detected", loc)
+                          f"{short_repr(unit)}: " + (
+                              "a log value of 0 or less does not say whether the virus was "
+                              "detected" if log else "0 without a linear unit (IU/mL, "
+                              "copies/mL) does not say whether the virus was detected: as "
+                              "log10 IU/mL it is 1 IU/mL"), loc)
                 return
         value = _coded(el, raw)
         if value is None:
@@ -824,7 +831,9 @@ def _quantity(prep: Prepared, el: Element, item: Mapping[str, Any], loc: str
     if el.uln and isinstance(rr, dict) and rr.get("high") is not None:
         has_rr = True
         high = rr.get("high")
-        rr_unit = rr.get("unit") if isinstance(rr.get("unit"), str) else unit_raw
+        # a range without a unit is in the value's unit; one with a unit that is not text is
+        # unusable (it was read as the value's unit)
+        rr_unit = rr.get("unit") if rr.get("unit") is not None else unit_raw
     key = (el.name, _key(raw), _key(unit_raw), has_rr, _key(high), _key(rr_unit))
     hit = None if _UNCACHED in key else _QUANTITIES.get(key)
     if hit is not None:
@@ -879,10 +888,20 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
             range_problem = (f"upper limit {short_repr(high_raw)} {rr_unit} is in another unit "
                              f"than the value ({unit_raw}): {el.label} cannot be converted "
                              "between them (BUN and urea differ)")
-        elif high is None or high <= 0 or rfactor is None:
-            range_problem = f"unusable upper limit {short_repr(high_raw)} {rr_unit or ''}"
+        elif high is None or high <= 0 or rfactor is None or not isinstance(rr_unit, str):
+            range_problem = (f"unusable upper limit {short_repr(high_raw)} "
+                             f"{rr_unit if isinstance(rr_unit, str) else short_repr(rr_unit)}")
         else:
             uln = high * rfactor
+            band = el.uln_band
+            if band is not None and not band[0] <= uln <= band[1]:
+                # 106 read as mg/dL of creatinine (it was umol/L), 40 ukat/L of ALT: the ratio
+                # would be off 17- to 88-fold, deciding x ULN criteria on a unit mix-up
+                range_problem = (f"upper limit {short_repr(high_raw)} {rr_unit} is "
+                                 f"{_fmt(uln)} {el.unit}, outside the usual band "
+                                 f"{_fmt(band[0])}-{_fmt(band[1])} {el.unit} of {el.label} "
+                                 "upper limits: a unit mix-up?")
+                uln = None
     shown = f"{_fmt(n)} {unit_raw}".strip() if isinstance(unit_raw, str) else _fmt(n)
     ratio = ratio_shown = uln_shown = None
     if uln is not None and value > uln * MAX_X_ULN:
@@ -904,6 +923,12 @@ def _boolean(raw: Any) -> str | None:
     if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "false", "no"):
         return "true" if raw.strip().lower() in ("true", "yes") else "false"
     return None
+
+
+#: viral load LOINC codes reported in log10 units (HBV DNA, HCV RNA)
+_LOG_VIRAL_LOINC = frozenset({"48398-2", "38180-6"})
+#: linear viral load units (normalised spelling): in these, 0 means not detected
+_LINEAR_VL = frozenset({"iu/ml", "[iu]/ml", "copies/ml", "{copies}/ml", "copies/ml{rna}"})
 
 
 def _coded(el: Element, raw: Any) -> str | None:

@@ -238,7 +238,43 @@ def test_an_implausible_upper_limit_decides_nothing(screener: Screener) -> None:
     v = verdict(screener, alt(1e-9), "inc_liver_transaminases")
     assert v["verdict"] == "unknown", v
     assert verdict(screener, alt(40), "inc_liver_transaminases")["verdict"] == "met"
-    assert verdict(screener, alt(0.004), "inc_liver_transaminases")["verdict"] == "not_met"
+    # an upper limit no laboratory has (0.004 U/L; 2,400 U/L, i.e. 40 ukat/L read as U/L) is a
+    # unit mix-up: outside the ALT band 10-200 U/L it decides nothing (it gave not_met)
+    for high in (0.004, 2400):
+        v = verdict(screener, alt(high), "inc_liver_transaminases")
+        assert v["verdict"] == "unknown", (high, v)
+    for high in (10, 200):
+        assert verdict(screener, alt(high), "inc_liver_transaminases")["verdict"] != "unknown"
+
+
+@pytest.mark.parametrize(("value", "unit", "high", "high_unit"), [
+    (1.6, "mg/dL", 106, "mg/dL"),        # a umol/L range labelled mg/dL
+    (1.6, "mg/dL", 106, None),           # a umol/L range without a unit
+    (130, "umol/L", 1.2, None),          # a mg/dL range without a unit
+    (130, "umol/L", 1.2, 0),             # a unit that is not text
+    (130, "umol/L", 1.2, ["mg/dL"]),
+])
+def test_a_creatinine_range_in_the_wrong_unit_decides_nothing(
+        screener: Screener, value: float, unit: str, high: float, high_unit: Any) -> None:
+    """A units audit: each of these gave met or not_met on a 17- to 88-fold ratio error."""
+    rr: dict[str, Any] = {"high": high} if high_unit is None else {"high": high,
+                                                                    "unit": high_unit}
+    p = {"observations": [{"element": "creatinine", "value": value, "unit": unit,
+                           "reference_range": rr, "date": "2026-11-20"}]}
+    v = verdict(screener, p, "inc_renal")
+    assert v["verdict"] == "unknown", v
+    assert any(m["element"] == "creatinine" for m in v["missing"])
+
+
+def test_a_creatinine_below_any_living_patients_is_implausible(screener: Screener) -> None:
+    # 1.6 umol/L (0.018 mg/dL) is 1.6 mg/dL labelled umol/L, with a range in the same unit
+    p = {"observations": [{"element": "creatinine", "value": 1.6, "unit": "umol/L",
+                           "reference_range": {"high": 106, "unit": "umol/L"},
+                           "date": "2026-11-20"}]}
+    report = screener.screen(T1, p, AS_OF)
+    v = next(c for c in report["criteria"] if c["id"] == "inc_renal")
+    assert v["verdict"] == "unknown"
+    assert any(i["code"] == "implausible" for i in report["data_issues"])
 
 
 # --- second audit: element semantics (reproducers of a tester, inline) ------------------
@@ -621,3 +657,29 @@ def test_a_broader_code_makes_every_element_it_may_be_possible(screener: Screene
     report = screener.screen(T2, absent, AS_OF)
     said = [i for i in report["data_issues"] if i["code"] == "broader_code"]
     assert len(said) == 2
+
+
+@pytest.mark.parametrize(("value", "unit", "code", "expected"), [
+    (0, "IU/mL", None, "not_detected"),
+    (0, "copies/mL", None, "not_detected"),
+    (0, "log10 IU/mL", None, None),
+    (0, "lg IU/mL", None, None),           # UCUM's log10 is "lg"
+    (0, "Lg[IU]/mL", None, None),
+    (0, None, None, None),                 # linear or log: not said
+    (0, "IU/mL", "48398-2", None),         # the LOINC code of the log10 result
+    (35, None, None, "detected"),          # any positive number is detected, log or not
+    (1.2, "lg IU/mL", None, "detected"),
+])
+def test_a_viral_load_of_zero_says_not_detected_only_in_a_linear_unit(
+        value: float, unit: str | None, code: str | None, expected: str | None) -> None:
+    from screener.normalize import prepare
+    obs: dict[str, Any] = {"element": "hbv_dna", "value": value, "date": "2026-11-20"}
+    if unit is not None:
+        obs["unit"] = unit
+    if code is not None:
+        obs["codes"] = [{"system": "http://loinc.org", "code": code}]
+    prep = prepare({"observations": [obs]}, AS_OF)
+    got = prep.readings["hbv_dna"][0].value if "hbv_dna" in prep.readings else None
+    assert got == expected, (obs, prep.unusable.get("hbv_dna"))
+    if expected is None:
+        assert prep.unusable["hbv_dna"]

@@ -889,3 +889,22 @@ def test_incomplete_medication_search_makes_the_days_unknown() -> None:
     p, _ = resources_to_patient([P1, doc], "p1")
     assert p["exposures"][0]["start"] == "2026-11-01" and len(p["exposures"]) == 1
     assert list(p["incomplete"]) == ["exposures"]
+
+
+def test_urea_in_mass_units_is_converted_to_bun_not_read_as_bun() -> None:
+    """Urea 40 mg/dL (LOINC 3091-6) is BUN 18.7 mg/dL: read as BUN 40 it was 2 x a site
+    default ULN of 20 (a units audit)."""
+    from screener.normalize import prepare
+    urea = obs("3091-6", valueQuantity={"value": 40, "unit": "mg/dL"},
+               referenceRange=[{"high": {"value": 45, "unit": "mg/dL"}}])
+    p, _ = bundle_to_patient(urea)
+    (o,) = p["observations"]
+    assert o["unit"] == "mg/dL{urea}" and o["reference_range"]["unit"] == "mg/dL{urea}"
+    r = prepare(p, date(2026, 11, 22)).readings["bun"][0]
+    assert r.value == Fraction(40) * Fraction("28.0134") / Fraction("60.0553")
+    assert r.value / r.uln == Fraction(40, 45)        # the ratio to its own range is unchanged
+    # BUN itself (3094-0) stays as it is; urea in mmol/L needs no mark (one mole of each)
+    bun = obs("3094-0", valueQuantity={"value": 40, "unit": "mg/dL"})
+    assert bundle_to_patient(bun)[0]["observations"][0]["unit"] == "mg/dL"
+    mol = obs("3091-6", valueQuantity={"value": 6.66, "unit": "mmol/L"})
+    assert bundle_to_patient(mol)[0]["observations"][0]["unit"] == "mmol/L"

@@ -696,6 +696,17 @@ def _element_of(run: _Run, codings: list[_Coding], loc: str) -> tuple[str | None
     return (found[0] if found else None), found
 
 
+#: LOINC codes of urea (not urea nitrogen) in mass units: Urea [Mass/volume] in Serum or Plasma
+_UREA_MASS_LOINC = frozenset({"3091-6"})
+
+
+def _is_urea_mass(run: _Run, holder: JsonDict, loc: str) -> bool:
+    # (read silently: the codes were read, and their problems reported, already)
+    codes = {c.code for c in _Run().codings(holder, "code", loc) if c.system == LOINC}
+    return bool(codes & _UREA_MASS_LOINC) and not (codes - _UREA_MASS_LOINC) & set(
+        ELEMENTS["bun"].loinc)
+
+
 def _quantity(run: _Run, q: JsonDict, loc: str) -> JsonDict | None:
     value = q.get("value")
     if not _is_number(value):
@@ -1395,6 +1406,13 @@ def _observation(run: _Run, r: _Res, out: JsonDict) -> None:
                 rr = _reference_range(run, holder, hloc, date)
                 if rr is not None:
                     obs["reference_range"] = rr
+            if el == "bun" and _is_urea_mass(run, holder, hloc):
+                # urea, not urea nitrogen: its mg/dL is not BUN's (x 28/60); the normalizer
+                # converts "mg/dL{urea}" (a range without a unit is in the value's unit)
+                for part in (obs, obs.get("reference_range") or {}):
+                    u = part.get("unit")
+                    if isinstance(u, str) and u.replace(" ", "").lower() == "mg/dl":
+                        part["unit"] = "mg/dL{urea}"
         if date is not None:
             obs["date"] = date
         if status is not None:
