@@ -1430,6 +1430,25 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
                 hits.append(r)
             else:
                 doubts.append(why)
+    if hits and slot.active:
+        # another record of the same condition that ended after this one began (or was
+        # recorded later, ended at a time not given): the same episode, now over, or a
+        # second one? The active status cannot be taken over it (a stale problem-list entry
+        # beside a resolved one decided 'active heart failure')
+        clean = []
+        for r in hits:
+            began = r.onset_last or r.onset or date.min
+            ended = [o for o in prep.conditions.get(r.element, []) if o is not r and (
+                o.abatement is not None or o.clinical in _ENDED or o.ended_unknown) and (
+                (o.abatement_last or o.abatement) is not None and
+                (o.abatement_last or o.abatement or date.min) >= began or
+                o.abatement is None and (o.onset_last or o.onset or date.min) >= began)]
+            if ended:
+                doubts.append(f"{r.element} ({r.source}) is active, but {ended[0].source} "
+                              "says it ended after it began")
+            else:
+                clean.append(r)
+        hits = clean
     if hits and prep.negatives:
         # a documented absence dated on or after a record's onset contradicts it: neither
         # can be taken over the other

@@ -180,6 +180,9 @@ _VERIFICATION_STATUS = ("unconfirmed", "provisional", "differential", "confirmed
                         "entered-in-error")
 # An exposure has no status field, so these must be decided here.
 _MEDICATION_SKIP_STATUS = ("entered-in-error", "not-done", "not-taken", "intended")
+#: statuses that say the drug was (or is being) given; any other (unknown, none, a status of
+#: another resource) leaves it open: kept, with the days unknown
+_MEDICATION_GIVEN_STATUS = ("active", "completed", "stopped", "on-hold", "in-progress")
 
 _VALUE_KEYS = ("valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean",
                "valueInteger", "valueRange", "valueRatio", "valueSampledData", "valueTime",
@@ -501,6 +504,8 @@ SUPPLIES: dict[str, tuple[str, ...]] = {
     "Condition": ("conditions", "pregnant"),
     "MedicationStatement": ("exposures",),
     "MedicationAdministration": ("exposures",),
+    "MedicationRequest": ("exposures",),
+    "MedicationDispense": ("exposures",),
     "AllergyIntolerance": ("blinatumomab_hypersensitivity",),
 }
 #: a search whose resource type cannot be told: anything may be missing
@@ -650,6 +655,13 @@ def _patient(run: _Run, r: _Res, out: JsonDict) -> None:
         else:
             run.issue(f"{loc}.gender", "fhir.bad_value",
                       f"gender {short_repr(gender)} unknown; ignored")
+    dead = res.get("deceasedBoolean") is True or res.get("deceasedDateTime") is not None
+    if dead:
+        # not a screening question the rules answer, but nobody should be offered a trial
+        # on a report that does not say so
+        run.issue(loc, "fhir.deceased", "the Patient is recorded as deceased"
+                  + (f" ({short_repr(res.get('deceasedDateTime'))})"
+                     if res.get("deceasedDateTime") is not None else ""))
 
 
 def _has_subject(r: _Res) -> bool:
@@ -999,6 +1011,11 @@ def _reference_range(run: _Run, holder: JsonDict, loc: str, on: str | None
     for i, rr in run.items(holder, "referenceRange", loc):
         rloc = f"{loc}.referenceRange[{i}]"
         kinds = [c.code for c in run.codings(rr, "type", rloc) if c.code]
+        if not kinds and rr.get("type") is not None:
+            # a type given only as text ("Critical", "Therapeutic"): normal only if it says so
+            text = _norm_text(run.cc_text(rr, "type", rloc) or "")
+            kinds = ["normal" if text in ("normal", "normal range", "reference",
+                                          "reference range") else "other"]
         # Only a normal range gives an upper limit of *normal*; a therapeutic or
         # treatment range is something else and would silently corrupt x ULN.
         if kinds and "normal" not in kinds:
@@ -1374,7 +1391,8 @@ def _observation(run: _Run, r: _Res, out: JsonDict) -> None:
         targets.insert(0, (element, res, loc, source, _via_project(codings, element), None))
     date, status = _obs_date_status(run, r)
     for el, holder, hloc, src, via_project, why in targets:
-        if why is None and not _has_value(holder):
+        absent = holder.get("dataAbsentReason") is not None
+        if why is None and not _has_value(holder) and not holder.get("interpretation"):
             # dataAbsentReason: the result does not exist, so there is nothing to pass on
             reason = run.cc_text(holder, "dataAbsentReason", hloc) or next(
                 (c.code for c in run.codings(holder, "dataAbsentReason", hloc) if c.code), None)
@@ -1382,6 +1400,13 @@ def _observation(run: _Run, r: _Res, out: JsonDict) -> None:
                       f"{el}: no value" + (f" (data absent: {reason})" if reason else "")
                       + (f", status {status}" if status else "") + "; ignored")
             continue
+        if why is None and not _has_value(holder):
+            # an interpretation (POS, H) with no value: a result that says something, which
+            # an older result must not be allowed to contradict (skipped, it did)
+            why = "an interpretation without a value"
+        elif why is None and absent:
+            # a value and a reason why there is none (invalid, FHIR obs-6): which is it?
+            why = "a value together with a dataAbsentReason"
         seen = len(run.issues)
         fields = _value(run, el, holder, hloc) if why is None else None
         obs: JsonDict = {"element": el}
@@ -1690,9 +1715,16 @@ def _pregnancy_condition(run: _Run, r: _Res, base: JsonDict, out: JsonDict) -> N
     out["observations"].append(obs)
 
 
+#: WHO ATC code of blinatumomab
+_ATC = "http://www.whocc.no/atc"
+_BLINATUMOMAB_ATC = "L01FX07"
+
+
 def _mentions_blinatumomab(codings: list[_Coding], texts: Iterable[str | None]) -> bool:
     for c in codings:
         if c.system == RXNORM and c.code == _BLINATUMOMAB_RXNORM:
+            return True
+        if c.system == _ATC and (c.code or "").replace(" ", "").upper() == _BLINATUMOMAB_ATC:
             return True
         if c.display is not None and any(w in c.display.lower() for w in _BLINATUMOMAB_WORDS):
             return True
@@ -1722,6 +1754,18 @@ def _allergy(run: _Run, r: _Res, out: JsonDict) -> None:
     verification = _doubt_condition(run, r, _verification(run, res, loc))
     if verification is not None:
         cond["verification_status"] = verification
+    coded = any(c.system == RXNORM and c.code == _BLINATUMOMAB_RXNORM or
+                c.system == _ATC and (c.code or "").replace(" ", "").upper() == _BLINATUMOMAB_ATC
+                for c in all_codings)
+    kind = run.text(res, "type", loc)
+    if verification in (None, "confirmed") and (not coded or (
+            kind is not None and kind.strip().lower() == "intolerance")):
+        # named only in free text ("No known allergy to blinatumomab" contains the name), or
+        # an intolerance (not immune-mediated): possible, for the investigator to judge
+        why = "an intolerance, not an allergy" if coded else "named in text only"
+        run.issue(loc, "fhir.unclear_allergy", f"blinatumomab AllergyIntolerance {why}: passed "
+                  "on as unconfirmed")
+        cond["verification_status"] = "unconfirmed"
     cond["source"] = _source(r)
     out["conditions"].append(cond)
 
@@ -1748,6 +1792,11 @@ def _medication_concept(run: _Run, r: _Res) -> tuple[list[_Coding], list[str | N
         if med is not None:
             codings = codings + run.codings(med, "code", f"{loc}.medicationReference")
             texts.append(run.cc_text(med, "code", f"{loc}.medicationReference"))
+            # a kit or a study product named by its ingredients
+            for k, ing in run.items(med, "ingredient", f"{loc}.medicationReference"):
+                iloc = f"{loc}.medicationReference.ingredient[{k}]"
+                codings = codings + run.codings(ing, "itemCodeableConcept", iloc)
+                texts.append(run.cc_text(ing, "itemCodeableConcept", iloc))
     return codings, texts
 
 
@@ -1760,12 +1809,29 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
                   f"{r.rtype} {label} is not a screened therapy")
         return
     status = run.text(res, "status", loc)
-    if status in _MEDICATION_SKIP_STATUS:
-        run.issue(loc, "fhir.not_given", f"blinatumomab {r.rtype} with status {status}; ignored")
+    norm = status.strip().lower() if status is not None else None
+    # earlier FHIR versions: MedicationStatement.taken y | n | unk | na (STU3), notGiven (STU3)
+    # and wasNotGiven (DSTU2) on MedicationAdministration
+    taken = res.get("taken")
+    if norm in _MEDICATION_SKIP_STATUS or taken in ("n", "na") or \
+            res.get("notGiven") is True or res.get("wasNotGiven") is True:
+        run.issue(loc, "fhir.not_given", f"blinatumomab {r.rtype} that says it was not given "
+                  f"(status {status}" + (f", taken {taken}" if taken is not None else "")
+                  + "); ignored")
         return
+    unsure = None
+    if norm not in _MEDICATION_GIVEN_STATUS:
+        unsure = f"status {short_repr(status)}" if status is not None else "no status"
+    elif taken is not None and taken != "y":
+        unsure = f"taken {short_repr(taken)}"
     start = end = run.date(res, "effectiveDateTime", loc)
     if start is None:
         start, end = run.period(res, "effectivePeriod", loc)
+    if unsure is not None:
+        # given or not, and for how long, is not known: a course that may count, days unknown
+        run.issue(loc, "fhir.unclear_status", f"blinatumomab {r.rtype} with {unsure}: whether "
+                  "it was given is not known; kept without dates, exposure days unknown")
+        start = end = None
     doubt = run.doubtful.get(id(res))
     if doubt is not None:
         # differing versions: which dates are right is unknown, so the exposure days are too
@@ -1787,12 +1853,36 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
 
 # --- entry points ---------------------------------------------------------------------------
 
+def _medication_order(run: _Run, r: _Res, out: JsonDict) -> None:
+    """A blinatumomab MedicationRequest or MedicationDispense: an order or a dispensed bag
+    says nothing of the days given, but that more may have been given than the statements
+    and administrations sent show (a 28-day order beside a 10-day statement): exposure days
+    are unknown."""
+    res, loc = r.res, r.loc
+    codings, texts = _medication_concept(run, r)
+    if not _mentions_blinatumomab(codings, texts):
+        key, label = _code_label(codings, next((t for t in texts if t), None))
+        run.tally("fhir.unmapped_medication", key, loc,
+                  f"{r.rtype} {label} is not a screened therapy")
+        return
+    status = (run.text(res, "status", loc) or "").strip().lower()
+    if status in ("entered-in-error", "cancelled", "draft", "declined"):
+        return
+    run.issue(loc, "fhir.order_only", f"blinatumomab {r.rtype} (status {status or 'none'}): "
+              "more may have been given than the records of administration show; exposure "
+              "days unknown")
+    run.incomplete.setdefault("exposures", []).append(
+        f"a blinatumomab {r.rtype} ({_source(r)}) may cover days not recorded as given")
+
+
 _HANDLERS = {
     "Observation": _observation,
     "Condition": _condition,
     "AllergyIntolerance": _allergy,
     "MedicationStatement": _medication,
     "MedicationAdministration": _medication,
+    "MedicationRequest": _medication_order,
+    "MedicationDispense": _medication_order,
 }
 
 
@@ -1919,6 +2009,30 @@ def _screened(patients: list[_Res], patient_id: str | None) -> tuple[_Res | None
     return first, [first] + [r for r in patients if r is not first and _patient_keys(r) & keys]
 
 
+#: Patient.link types that say this person has records under another Patient resource
+_LINK_TYPES = ("replaced-by", "replaces", "refer", "seealso")
+
+
+def _linked_records(run: _Run, r: _Res) -> None:
+    """The screened Patient links to another Patient record (merged, replaced, the same person
+    in another system): results filed under that one are not read here (a newer ECOG there
+    would not be seen), so nothing can be taken as complete."""
+    links = [(k.get("type"), (k.get("other") or {}).get("reference"))
+             for _, k in _Run().items(r.res, "link", r.loc)]
+    links = [(t, ref) for t, ref in links if t in _LINK_TYPES]
+    if not links:
+        return
+    shown = ", ".join(f"{t} {cut(str(ref), 60)}" for t, ref in links[:3])
+    run.issue(r.loc, "fhir.linked_patient", f"the screened Patient is linked to another "
+              f"Patient record ({shown}): its data there is not read, so every section is "
+              "taken as incomplete")
+    for key in _ANYTHING:
+        run.incomplete.setdefault(key, []).append(
+            f"the Patient is linked to another record ({shown})")
+    if r.res.get("active") is False:
+        run.issue(r.loc, "fhir.inactive_patient", "the screened Patient record is inactive")
+
+
 def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonDict:
     patient: JsonDict = {}
     out: JsonDict = {"observations": [], "conditions": [], "exposures": []}
@@ -1961,6 +2075,25 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
     # patient even when that Patient is not in the input; a bundle-local reference (urn:uuid)
     # that is not the screened Patient's fullUrl cannot be shown to be this patient.
     id_known = any(k.startswith("Patient/") for k in own)
+    if first is not None:
+        _linked_records(run, first)
+    mixed: set[str] = set()
+    if not id_known:
+        # no Patient id says whose data this is: resources about two patients cannot be told
+        # apart from one patient's (ECOG 4 of one and ECOG 1 of another: the newest decided)
+        subjects = sorted({k for r in found if r.rtype in _HANDLERS and
+                           (k := _subject_key(r)) is not None and k.startswith("Patient/")
+                           and k not in others})
+        if len(subjects) > 1:
+            mixed = set(subjects)
+            run.issue("$", "fhir.several_subjects",
+                      f"resources about {len(subjects)} different patients "
+                      f"({', '.join(cut(x, 60) for x in subjects[:3])}"
+                      f"{', ...' if len(subjects) > 3 else ''}) and no Patient id saying which "
+                      "is screened: none of their data is used")
+            for key in _ANYTHING:
+                run.incomplete.setdefault(key, []).append(
+                    "the input holds resources about several patients")
     for r in found:
         # Used elsewhere: Medication resolves medicationReference, DiagnosticReport dates and
         # contains results; neither is "ignored".
@@ -1972,6 +2105,8 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
                       f"{r.rtype} resource not used for screening")
             continue
         subject = _subject_key(r)
+        if subject is not None and subject in mixed:
+            continue
         if subject is not None and subject not in own:
             if subject in others:
                 run.tally("fhir.other_patient", "", r.loc,
