@@ -875,7 +875,7 @@ def _quantity_core(el: Element, raw: Any, unit_raw: Any, has_rr: bool, high_raw:
     lo, hi = _BOUNDS[el.name]
     if lo is not None and hi is not None and not lo <= value <= hi:
         return bad("implausible", f"{el.name} {_fmt(n)} {unit_raw or ''} is outside the "
-                   f"plausible range {lo}-{hi} {el.unit}", ".value")
+                   f"plausible range {_fmt(lo)}-{_fmt(hi)} {el.unit}", ".value")
     if el.integer and value.denominator != 1:
         return bad("value", f"{el.name} must be a whole number, got {short_repr(raw)}", ".value")
     uln = None
@@ -928,7 +928,8 @@ def _boolean(raw: Any) -> str | None:
 #: viral load LOINC codes reported in log10 units (HBV DNA, HCV RNA)
 _LOG_VIRAL_LOINC = frozenset({"48398-2", "38180-6"})
 #: linear viral load units (normalised spelling): in these, 0 means not detected
-_LINEAR_VL = frozenset({"iu/ml", "[iu]/ml", "copies/ml", "{copies}/ml", "copies/ml{rna}"})
+_LINEAR_VL = frozenset({"iu/ml", "[iu]/ml", "copies/ml", "{copies}/ml", "copies/ml{rna}",
+                        "cp/ml", "cps/ml", "{cp}/ml"})
 
 
 def _coded(el: Element, raw: Any) -> str | None:
@@ -1437,8 +1438,10 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
         # beside a resolved one decided 'active heart failure')
         clean = []
         for r in hits:
-            began = r.onset_last or r.onset or date.min
-            ended = [o for o in prep.conditions.get(r.element, []) if o is not r and (
+            # the earliest it may have begun (a partial onset "2020": January)
+            began = (r.onset if r.onset is not None else r.onset_last) or date.min
+            ended = [o for o in prep.conditions.get(r.element, []) if o is not r and
+                     not o.doubtful and (
                 o.abatement is not None or o.clinical in _ENDED or o.ended_unknown) and (
                 (o.abatement_last or o.abatement) is not None and
                 (o.abatement_last or o.abatement or date.min) >= began or

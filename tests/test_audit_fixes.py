@@ -259,11 +259,18 @@ def test_a_creatinine_range_in_the_wrong_unit_decides_nothing(
     """A units audit: each of these gave met or not_met on a 17- to 88-fold ratio error."""
     rr: dict[str, Any] = {"high": high} if high_unit is None else {"high": high,
                                                                     "unit": high_unit}
+    bun = {"element": "bun", "value": 14, "unit": "mg/dL", "reference_range": {"high": 20},
+           "date": "2026-11-20"}
     p = {"observations": [{"element": "creatinine", "value": value, "unit": unit,
-                           "reference_range": rr, "date": "2026-11-20"}]}
+                           "reference_range": rr, "date": "2026-11-20"}, bun]}
     v = verdict(screener, p, "inc_renal")
     assert v["verdict"] == "unknown", v
-    assert any(m["element"] == "creatinine" for m in v["missing"])
+    assert [m["element"] for m in v["missing"]] == ["creatinine"]
+    # control: the same result with its range in the right unit decides
+    right = {"high": 106, "unit": "umol/L"} if unit == "mg/dL" else {"high": 1.2,
+                                                                     "unit": "mg/dL"}
+    p["observations"][0]["reference_range"] = right
+    assert verdict(screener, p, "inc_renal")["verdict"] != "unknown"
 
 
 def test_a_creatinine_below_any_living_patients_is_implausible(screener: Screener) -> None:

@@ -87,11 +87,19 @@ def other_course(**medication: Any) -> dict[str, Any]:
 
 
 CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
-    # an interpretation (POS) and no value: a result that says something; an older negative
-    # decided (not_met)
+    # an interpretation (POS) and no value: for an antibody test, the result itself; the
+    # older negative decided (not_met)
     "interpretation_only": (bundle(obs("7918-6", "2026-10-01", valueCodeableConcept=NEG), obs(
         "7918-6", "2026-11-10", interpretation=[{"coding": [{"system": V3, "code": "POS"}]}])),
-        T1, "exc_hiv", "unknown"),
+        T1, "exc_hiv", "met"),
+    # any other flag with no value (H on an ALT) says something that cannot be read: unusable
+    "interpretation_flag_only": (bundle(
+        obs("1742-6", "2026-11-01", valueQuantity=q(30, "U/L"),
+            referenceRange=[{"high": q(40, "U/L")}]),
+        obs("1920-8", "2026-11-01", valueQuantity=q(30, "U/L"),
+            referenceRange=[{"high": q(40, "U/L")}]),
+        obs("1742-6", "2026-11-10", interpretation=[{"coding": [{"system": V3, "code": "H"}]}])),
+        T1, "inc_liver_transaminases", "unknown"),
     "interpretation_only_control": (bundle(obs("7918-6", "2026-10-01",
                                                valueCodeableConcept=NEG)),
                                     T1, "exc_hiv", "not_met"),
@@ -158,9 +166,20 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
     "one_subject_control": (bundle(ecog(4, "2026-11-01", "a"), ecog(1, "2026-11-10", "a"),
                                    patient=None), T1, "inc_ecog", "met"),
     "linked_patient": ({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {**PATIENT, "active": False, "link": [
+        {"resource": {**PATIENT, "link": [
             {"other": {"reference": "Patient/p2"}, "type": "replaced-by"}]}},
         {"resource": ecog(1, "2026-11-01", "p1")}]}, T1, "inc_ecog", "unknown"),
+    # the surviving record of a merge: the replaced record's results are this patient's (the
+    # newer ECOG 3 there decides)
+    "merged_patient": ({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {**PATIENT, "link": [
+            {"other": {"reference": "Patient/p0"}, "type": "replaces"}]}},
+        {"resource": ecog(1, "2026-11-01", "p1")},
+        {"resource": ecog(3, "2026-11-15", "p0")}]}, T1, "inc_ecog", "not_met"),
+    "link_to_a_related_person": ({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {**PATIENT, "link": [
+            {"other": {"reference": "RelatedPerson/r1"}, "type": "seealso"}]}},
+        {"resource": ecog(1, "2026-11-01", "p1")}]}, T1, "inc_ecog", "met"),
 }
 
 
@@ -171,6 +190,43 @@ def test_second_fhir_audit(screener: Screener, name: str) -> None:
     report = screener.screen(trial, patient, as_of=AS_OF)
     c = next(c for c in report["criteria"] if c["id"] == criterion)
     assert c["verdict"] == expected, (name, c.get("missing") or c["evidence"])
+
+
+@pytest.mark.parametrize("course", [
+    blin("Entered-In-Error", effectivePeriod=P20),
+    blin("completed", rtype="MedicationAdministration", effectivePeriod=P20, notGiven=True),
+    blin("completed", effectivePeriod=P20, taken="n"),
+])
+def test_a_course_that_says_it_was_not_given_is_dropped_and_said_so(course: Any) -> None:
+    patient, issues = bundle_to_patient(bundle(course))
+    assert patient["exposures"] == []
+    assert any(i["code"] == "fhir.not_given" for i in issues)
+
+
+@pytest.mark.parametrize("link", [
+    [{"other": "Patient/p2", "type": "replaced-by"}], [{"other": ["x"], "type": "seealso"}],
+    ["x", 5], "text", [{"type": ["replaced-by"], "other": {"reference": "Patient/p2"}}]])
+def test_odd_patient_links_never_crash(link: Any) -> None:
+    patient, _ = bundle_to_patient(bundle(ecog(1, "2026-11-01", "p1"),
+                                          patient={**PATIENT, "link": link}))
+    assert patient["id"] == "p1"
+
+
+@pytest.mark.parametrize(("code", "value", "unit", "high", "high_unit"), [
+    ("1742-6", 30, "U/L", 19, "U/L"), ("1742-6", 30, "U/L", 60, "U/L"),
+    ("1742-6", 30, "U/L", 0.75, "ukat/L"), ("1975-2", 0.5, "mg/dL", 21, "umol/L"),
+    ("2160-0", 0.8, "mg/dL", 0.7, "mg/dL"), ("2160-0", 100, "umol/L", 1.4, "mg/dL"),
+    ("3094-0", 15, "mg/dL", 26, "mg/dL"), ("22664-7", 5, "mmol/L", 8.3, "mmol/L"),
+])
+def test_real_laboratories_upper_limits_are_accepted(
+        code: str, value: float, unit: str, high: float, high_unit: str) -> None:
+    """The band that refuses a unit mix-up (Element.uln_band) must not refuse real ULNs."""
+    from screener.normalize import prepare
+    patient, _ = bundle_to_patient(bundle(obs(code, "2026-11-15", valueQuantity=q(value, unit),
+                                              referenceRange=[{"high": q(high, high_unit)}])))
+    prep = prepare(patient, AS_OF)
+    (readings,) = prep.readings.values()
+    assert readings[0].uln is not None, prep.issues
 
 
 def test_a_deceased_patient_is_said_to_be() -> None:

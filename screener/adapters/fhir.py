@@ -864,6 +864,17 @@ def _viral_load(run: _Run, el: str, holder: JsonDict, loc: str, fields: JsonDict
 _WORD = {"pos": "positive", "neg": "negative", "ind": "indeterminate"}
 
 
+def _interpretation_only(run: _Run, el: str, holder: JsonDict, loc: str) -> JsonDict | None:
+    """An antibody test reported by its interpretation alone (POS / NEG / IND): that value."""
+    if ELEMENTS[el].values != _POSNEG:
+        return None
+    interp = _result_class_list(_Run(), holder, loc)
+    if len(interp) != 1:
+        return None
+    value = _RESULT_VALUE["positive"].get(next(iter(interp)))
+    return {"value": value} if value is not None else None
+
+
 def _words(classes: set[str]) -> str:
     return "/".join(_WORD.get(c, c) for c in sorted(classes))
 
@@ -1014,8 +1025,10 @@ def _reference_range(run: _Run, holder: JsonDict, loc: str, on: str | None
         if not kinds and rr.get("type") is not None:
             # a type given only as text ("Critical", "Therapeutic"): normal only if it says so
             text = _norm_text(run.cc_text(rr, "type", rloc) or "")
-            kinds = ["normal" if text in ("normal", "normal range", "reference",
-                                          "reference range") else "other"]
+            normal = any(w in text for w in ("normal", "reference", "ref"))
+            other = any(w in text for w in ("critical", "panic", "therapeutic", "toxic",
+                                            "alert", "treatment"))
+            kinds = ["normal" if normal and not other else "other"]
         # Only a normal range gives an upper limit of *normal*; a therapeutic or
         # treatment range is something else and would silently corrupt x ULN.
         if kinds and "normal" not in kinds:
@@ -1400,15 +1413,19 @@ def _observation(run: _Run, r: _Res, out: JsonDict) -> None:
                       f"{el}: no value" + (f" (data absent: {reason})" if reason else "")
                       + (f", status {status}" if status else "") + "; ignored")
             continue
+        interp_fields = None
         if why is None and not _has_value(holder):
-            # an interpretation (POS, H) with no value: a result that says something, which
-            # an older result must not be allowed to contradict (skipped, it did)
-            why = "an interpretation without a value"
+            # an interpretation with no value: a result that says something, which an older
+            # result must not be allowed to contradict (skipped, it did). For antibody
+            # serology, POS / NEG / IND is the result itself; any other flag is unusable.
+            interp_fields = _interpretation_only(run, el, holder, hloc)
+            if interp_fields is None:
+                why = "an interpretation without a value"
         elif why is None and absent:
             # a value and a reason why there is none (invalid, FHIR obs-6): which is it?
             why = "a value together with a dataAbsentReason"
         seen = len(run.issues)
-        fields = _value(run, el, holder, hloc) if why is None else None
+        fields = (interp_fields or _value(run, el, holder, hloc)) if why is None else None
         obs: JsonDict = {"element": el}
         if fields is None and why is None and len(run.issues) > seen and \
                 not run.issues[-1]["msg"].endswith("not recognised; unusable"):
@@ -1715,16 +1732,22 @@ def _pregnancy_condition(run: _Run, r: _Res, base: JsonDict, out: JsonDict) -> N
     out["observations"].append(obs)
 
 
-#: WHO ATC code of blinatumomab
-_ATC = "http://www.whocc.no/atc"
+#: WHO ATC code of blinatumomab, and the spellings of the ATC system seen in the wild
+_ATC_SYSTEMS = ("http://www.whocc.no/atc", "https://www.whocc.no/atc",
+                "urn:oid:2.16.840.1.113883.6.73")
 _BLINATUMOMAB_ATC = "L01FX07"
+
+
+def _is_blinatumomab_code(c: _Coding) -> bool:
+    if c.system == RXNORM and c.code == _BLINATUMOMAB_RXNORM:
+        return True
+    return (c.system or "").rstrip("/") in _ATC_SYSTEMS and \
+        (c.code or "").replace(" ", "").upper() == _BLINATUMOMAB_ATC
 
 
 def _mentions_blinatumomab(codings: list[_Coding], texts: Iterable[str | None]) -> bool:
     for c in codings:
-        if c.system == RXNORM and c.code == _BLINATUMOMAB_RXNORM:
-            return True
-        if c.system == _ATC and (c.code or "").replace(" ", "").upper() == _BLINATUMOMAB_ATC:
+        if _is_blinatumomab_code(c):
             return True
         if c.display is not None and any(w in c.display.lower() for w in _BLINATUMOMAB_WORDS):
             return True
@@ -1754,15 +1777,16 @@ def _allergy(run: _Run, r: _Res, out: JsonDict) -> None:
     verification = _doubt_condition(run, r, _verification(run, res, loc))
     if verification is not None:
         cond["verification_status"] = verification
-    coded = any(c.system == RXNORM and c.code == _BLINATUMOMAB_RXNORM or
-                c.system == _ATC and (c.code or "").replace(" ", "").upper() == _BLINATUMOMAB_ATC
-                for c in all_codings)
-    kind = run.text(res, "type", loc)
-    if verification in (None, "confirmed") and (not coded or (
-            kind is not None and kind.strip().lower() == "intolerance")):
+    coded = any(_is_blinatumomab_code(c) for c in all_codings)
+    kind = res.get("type")
+    # an intolerance is not immune-mediated; a type that cannot be read may say so
+    unsure_kind = kind is not None and not (isinstance(kind, str) and
+                                             kind.strip().lower() == "allergy")
+    if verification in (None, "confirmed") and (not coded or unsure_kind):
         # named only in free text ("No known allergy to blinatumomab" contains the name), or
         # an intolerance (not immune-mediated): possible, for the investigator to judge
-        why = "an intolerance, not an allergy" if coded else "named in text only"
+        why = ("not recorded as an allergy (type " + short_repr(kind) + ")" if coded
+               else "named in text only, not by its RxNorm or ATC code")
         run.issue(loc, "fhir.unclear_allergy", f"blinatumomab AllergyIntolerance {why}: passed "
                   "on as unconfirmed")
         cond["verification_status"] = "unconfirmed"
@@ -1797,6 +1821,9 @@ def _medication_concept(run: _Run, r: _Res) -> tuple[list[_Coding], list[str | N
                 iloc = f"{loc}.medicationReference.ingredient[{k}]"
                 codings = codings + run.codings(ing, "itemCodeableConcept", iloc)
                 texts.append(run.cc_text(ing, "itemCodeableConcept", iloc))
+                item = ing.get("itemReference")
+                if isinstance(item, dict) and isinstance(item.get("display"), str):
+                    texts.append(item["display"])
     return codings, texts
 
 
@@ -1820,7 +1847,11 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
                   + "); ignored")
         return
     unsure = None
-    if norm not in _MEDICATION_GIVEN_STATUS:
+    odd = [k for k in ("notGiven", "wasNotGiven") if res.get(k) is not None and
+           not isinstance(res.get(k), bool)]
+    if odd:
+        unsure = f"{odd[0]} {short_repr(res.get(odd[0]))}"
+    elif norm not in _MEDICATION_GIVEN_STATUS:
         unsure = f"status {short_repr(status)}" if status is not None else "no status"
     elif taken is not None and taken != "y":
         unsure = f"taken {short_repr(taken)}"
@@ -1866,8 +1897,10 @@ def _medication_order(run: _Run, r: _Res, out: JsonDict) -> None:
                   f"{r.rtype} {label} is not a screened therapy")
         return
     status = (run.text(res, "status", loc) or "").strip().lower()
-    if status in ("entered-in-error", "cancelled", "draft", "declined"):
-        return
+    intent = res.get("intent")
+    if status in ("entered-in-error", "cancelled", "draft", "declined", "preparation") or \
+            intent in ("proposal", "plan") or res.get("doNotPerform") is True:
+        return   # not an order to give it (a plan, a proposal), or not carried out yet
     run.issue(loc, "fhir.order_only", f"blinatumomab {r.rtype} (status {status or 'none'}): "
               "more may have been given than the records of administration show; exposure "
               "days unknown")
@@ -2013,24 +2046,37 @@ def _screened(patients: list[_Res], patient_id: str | None) -> tuple[_Res | None
 _LINK_TYPES = ("replaced-by", "replaces", "refer", "seealso")
 
 
-def _linked_records(run: _Run, r: _Res) -> None:
-    """The screened Patient links to another Patient record (merged, replaced, the same person
-    in another system): results filed under that one are not read here (a newer ECOG there
-    would not be seen), so nothing can be taken as complete."""
-    links = [(k.get("type"), (k.get("other") or {}).get("reference"))
-             for _, k in _Run().items(r.res, "link", r.loc)]
-    links = [(t, ref) for t, ref in links if t in _LINK_TYPES]
-    if not links:
-        return
-    shown = ", ".join(f"{t} {cut(str(ref), 60)}" for t, ref in links[:3])
-    run.issue(r.loc, "fhir.linked_patient", f"the screened Patient is linked to another "
-              f"Patient record ({shown}): its data there is not read, so every section is "
-              "taken as incomplete")
-    for key in _ANYTHING:
-        run.incomplete.setdefault(key, []).append(
-            f"the Patient is linked to another record ({shown})")
+def _linked_records(run: _Run, r: _Res) -> set[str]:
+    """The screened Patient's links to other Patient records. `replaced-by` / `refer`: this
+    record is obsolete or not the one that holds the data, so results filed under the other
+    are not read here (a newer ECOG there would not be seen): every section is incomplete.
+    `replaces` / `seealso`: the other record is the same person (a merge, another system):
+    resources about it are read as this patient's (their keys are returned)."""
+    same: set[str] = set()
+    for k, link in _Run().items(r.res, "link", r.loc):
+        kind = link.get("type")
+        other = link.get("other")
+        ref = other.get("reference") if isinstance(other, dict) else None
+        m = _TYPE_ID_RE.search(ref.split("?")[0].strip()) if isinstance(ref, str) else None
+        target = m.group(1) if m else None
+        if target is not None and not target.startswith("Patient/"):
+            continue    # a RelatedPerson: another person
+        where = f"{r.loc}.link[{k}]"
+        if kind in ("replaces", "seealso") and target is not None:
+            same.add(target)
+            run.issue(where, "fhir.linked_patient", f"the screened Patient {kind} "
+                      f"{cut(target, 60)}: resources about that record are read as this "
+                      "patient's")
+            continue
+        shown = f"{kind if isinstance(kind, str) else 'a link'} {cut(str(ref), 60)}"
+        run.issue(where, "fhir.linked_patient", f"the screened Patient has {shown}: its data "
+                  "there is not read, so every section is taken as incomplete")
+        for key in _ANYTHING:
+            run.incomplete.setdefault(key, []).append(
+                f"the Patient record is linked to another ({shown})")
     if r.res.get("active") is False:
         run.issue(r.loc, "fhir.inactive_patient", "the screened Patient record is inactive")
+    return same
 
 
 def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonDict:
@@ -2076,7 +2122,7 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
     # that is not the screened Patient's fullUrl cannot be shown to be this patient.
     id_known = any(k.startswith("Patient/") for k in own)
     if first is not None:
-        _linked_records(run, first)
+        own |= _linked_records(run, first)
     mixed: set[str] = set()
     if not id_known:
         # no Patient id says whose data this is: resources about two patients cannot be told
