@@ -1827,13 +1827,20 @@ def _medication_concept(run: _Run, r: _Res) -> tuple[list[_Coding], list[str | N
     return codings, texts
 
 
+def _is_blinatumomab_record(run: _Run, r: _Res) -> bool:
+    """Whether a medication resource names blinatumomab; another drug is counted (tally)."""
+    codings, texts = _medication_concept(run, r)
+    if _mentions_blinatumomab(codings, texts):
+        return True
+    key, label = _code_label(codings, next((t for t in texts if t), None))
+    run.tally("fhir.unmapped_medication", key, r.loc,
+              f"{r.rtype} {label} is not a screened therapy")
+    return False
+
+
 def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
     res, loc = r.res, r.loc
-    codings, texts = _medication_concept(run, r)
-    if not _mentions_blinatumomab(codings, texts):
-        key, label = _code_label(codings, next((t for t in texts if t), None))
-        run.tally("fhir.unmapped_medication", key, loc,
-                  f"{r.rtype} {label} is not a screened therapy")
+    if not _is_blinatumomab_record(run, r):
         return
     status = run.text(res, "status", loc)
     norm = status.strip().lower() if status is not None else None
@@ -1890,11 +1897,7 @@ def _medication_order(run: _Run, r: _Res, out: JsonDict) -> None:
     and administrations sent show (a 28-day order beside a 10-day statement): exposure days
     are unknown."""
     res, loc = r.res, r.loc
-    codings, texts = _medication_concept(run, r)
-    if not _mentions_blinatumomab(codings, texts):
-        key, label = _code_label(codings, next((t for t in texts if t), None))
-        run.tally("fhir.unmapped_medication", key, loc,
-                  f"{r.rtype} {label} is not a screened therapy")
+    if not _is_blinatumomab_record(run, r):
         return
     status = (run.text(res, "status", loc) or "").strip().lower()
     intent = res.get("intent")
