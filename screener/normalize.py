@@ -131,6 +131,9 @@ class Exposure:
     loc: str
     end: date | None = None
     problem: str = ""
+    #: given on this day for a duration not recorded (`at`): adds nothing inside a dated
+    #: course, makes the days unknown outside every one
+    at: date | None = None
 
 
 @dataclass
@@ -1083,7 +1086,7 @@ _CONDITION_KEYS = frozenset({"element", "code", "codes", "onset", "abatement", "
 _OBSERVATION_KEYS = frozenset({"element", "code", "codes", "value", "unit", "comparator",
                                "reference_range", "date", "status", "source", "display", "text",
                                "note", "id"})
-_EXPOSURE_KEYS = frozenset({"element", "code", "codes", "days", "start", "end", "source",
+_EXPOSURE_KEYS = frozenset({"element", "code", "codes", "days", "start", "end", "at", "source",
                             "display", "text", "note", "id"})
 
 
@@ -1164,6 +1167,15 @@ def _exposure(prep: Prepared, item: Mapping[str, Any], loc: str) -> None:
     if _refused_for_odd_keys(prep, item, _EXPOSURE_KEYS, loc, name, "exposure"):
         return
     source = _source(item.get("source"), loc)
+    if item.get("at") is not None and all(item.get(k) is None for k in ("start", "end", "days")):
+        at, later = _event_day(prep, item, "at", loc, name)
+        if later:
+            return
+        prep.exposures.setdefault(name, []).append(Exposure(
+            name, None, None, source, loc, None,
+            "" if at is not None and parse_date(item.get("at"))[1] else
+            f"{name} given on {short_repr(item.get('at'))} ({loc}): not a full date", at))
+        return
     start, later = _event_day(prep, item, "start", loc, name)
     if later:
         return
@@ -1594,6 +1606,16 @@ def _days(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any]) -> int |
                 cur_end = b
         if cur_end is not None and cur_start is not None:
             union += (cur_end - cur_start).days + 1
+        loose = sorted(r.at for r in recs if r.at is not None and not any(
+            a <= r.at <= b for a, b in spans))
+        if loose:
+            # a dose on a day no dated course covers, for a duration not recorded (a bag of a
+            # continuous infusion given by its time only): at least one more day, how many is
+            # not known
+            ev["missing"] = (f"{name} given on {loose[0]} for a duration not recorded, outside "
+                             "every dated course: the days are not known")
+            return None
+        recs = [r for r in recs if r.at is None]
         undated = [r.days or 0 for r in recs if r.start is None]
         total = max([union, *undated])
         most = union + sum(undated)

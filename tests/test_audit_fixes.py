@@ -690,3 +690,19 @@ def test_a_viral_load_of_zero_says_not_detected_only_in_a_linear_unit(
     assert got == expected, (obs, prep.unusable.get("hbv_dna"))
     if expected is None:
         assert prep.unusable["hbv_dna"]
+
+
+def test_a_dose_given_on_a_day_adds_nothing_inside_a_course_and_leaves_the_days_unknown_outside(
+        screener: Screener) -> None:
+    course = {"element": "blinatumomab", "start": "2026-10-01", "end": "2026-10-10"}
+
+    def days(*extra: dict[str, Any]) -> dict[str, Any]:
+        return verdict(screener, {**REVIEWED, "exposures": [course, *extra]},
+                       "exc_blinatumomab_days", T2)
+    assert days()["verdict"] == "not_met"                                   # 10 days
+    assert days({"element": "blinatumomab", "at": "2026-10-05"})["verdict"] == "not_met"
+    v = days({"element": "blinatumomab", "at": "2026-09-01"})
+    assert v["verdict"] == "unknown" and "duration not recorded" in v["missing"][0]["reason"]
+    # after as_of: not used; a partial date: unknown
+    assert days({"element": "blinatumomab", "at": "2026-12-01"})["verdict"] == "not_met"
+    assert days({"element": "blinatumomab", "at": "2026-09"})["verdict"] == "unknown"

@@ -644,8 +644,8 @@ def test_blinatumomab_allergy_and_exposures() -> None:
     assert p["exposures"] == [
         {"element": "blinatumomab", "start": "2026-10-05", "end": "2026-10-11",
          "source": "MedicationAdministration/m1"},
-        {"element": "blinatumomab", "start": "2026-09-01", "end": "2026-09-01",
-         "source": "MedicationStatement/m2"}]
+        # a time says when, not for how long (see normalize: `at`)
+        {"element": "blinatumomab", "at": "2026-09-01", "source": "MedicationStatement/m2"}]
     assert {"fhir.unmapped_allergy", "fhir.unmapped_medication"} <= set(codes_of(issues))
 
 

@@ -144,6 +144,17 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
             {"system": RXNORM, "code": "1603296"}]}}), T2, "exc_blinatumomab_days", "unknown"),
     "med_order_control": (bundle(blin(effectivePeriod=P10)), T2, "exc_blinatumomab_days",
                           "not_met"),
+    # a course given by its time only (a bag hung, a statement with a dateTime): when, not for
+    # how long; outside the dated course the days are unknown (1 day was counted: not_met)
+    "med_datetime_outside": (bundle(blin(effectivePeriod=P10), blin(
+        "completed", rtype="MedicationAdministration", effectiveDateTime="2026-09-01")),
+        T2, "exc_blinatumomab_days", "unknown"),
+    # daily administrations inside the statement's period add nothing (10 days)
+    "med_datetime_inside": (bundle(blin(effectivePeriod=P10), *[blin(
+        "completed", rtype="MedicationAdministration", effectiveDateTime=f"2026-10-0{d}")
+        for d in range(1, 10)]), T2, "exc_blinatumomab_days", "not_met"),
+    "med_datetime_alone": (bundle(blin("completed", effectiveDateTime="2026-10-01")),
+                           T2, "exc_blinatumomab_days", "unknown"),
     # an active record beside a later resolved one of the same condition
     "conflicting_conditions": (bundle(
         hf(SNOMED, "84114007", id="a", clinicalStatus=ACTIVE, onsetDateTime="2020-03-01"),

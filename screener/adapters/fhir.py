@@ -1862,27 +1862,32 @@ def _medication(run: _Run, r: _Res, out: JsonDict) -> None:
         unsure = f"status {short_repr(status)}" if status is not None else "no status"
     elif taken is not None and taken != "y":
         unsure = f"taken {short_repr(taken)}"
-    start = end = run.date(res, "effectiveDateTime", loc)
-    if start is None:
+    # a time (effectiveDateTime) says when, not for how long: a bag hung, a dose given that day
+    at = run.date(res, "effectiveDateTime", loc)
+    start = end = None
+    if at is None:
         start, end = run.period(res, "effectivePeriod", loc)
     if unsure is not None:
         # given or not, and for how long, is not known: a course that may count, days unknown
         run.issue(loc, "fhir.unclear_status", f"blinatumomab {r.rtype} with {unsure}: whether "
                   "it was given is not known; kept without dates, exposure days unknown")
-        start = end = None
+        start = end = at = None
     doubt = run.doubtful.get(id(res))
     if doubt is not None:
         # differing versions: which dates are right is unknown, so the exposure days are too
         run.issue(loc, doubt[0], f"{doubt[1]}: kept without dates, exposure days unknown")
-        start = end = None
+        start = end = at = None
     exposure: JsonDict = {"element": "blinatumomab"}
     # Whatever dates exist are kept: an open period (ongoing therapy) has no end, and even a
     # dateless record still proves that the drug was given, which exclusions care about.
+    if at is not None:
+        # inside a dated course it adds nothing; outside every one the days are unknown
+        exposure["at"] = at
     if start is not None:
         exposure["start"] = start
     if end is not None:
         exposure["end"] = end
-    if start is None and doubt is None:
+    if start is None and at is None and doubt is None:
         run.issue(loc, "fhir.missing_date",
                   f"blinatumomab {r.rtype} without a start date: kept, exposure days unknown")
     exposure["source"] = _source(r)
