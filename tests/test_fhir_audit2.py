@@ -160,6 +160,11 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         hf(SNOMED, "84114007", id="a", clinicalStatus=ACTIVE, onsetDateTime="2020-03-01"),
         hf(ICD10CM, "I50.9", id="b", clinicalStatus=RESOLVED, onsetDateTime="2020-03-01",
            abatementDateTime="2025-06-01")), T2, "exc_organ_dysfunction", "unknown"),
+    # verificationStatus codings that disagree: the first (confirmed) was used
+    "verification_codings_disagree": (bundle(hf(
+        SNOMED, "84114007", clinicalStatus=ACTIVE, onsetDateTime="2021-03-01",
+        verificationStatus={"coding": [{"code": "confirmed"}, {"code": "refuted"}]})),
+        T2, "exc_organ_dysfunction", "unknown"),
     "conditions_control": (bundle(
         hf(SNOMED, "84114007", id="a", clinicalStatus=ACTIVE, onsetDateTime="2021-03-01"),
         hf(ICD10CM, "I50.9", id="b", clinicalStatus=RESOLVED, onsetDateTime="2015-03-01",

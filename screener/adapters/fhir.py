@@ -1596,6 +1596,16 @@ def _verification(run: _Run, res: JsonDict, loc: str) -> str | None:
         run.issue(f"{loc}.verificationStatus", "fhir.unreadable_status",
                   "verificationStatus present but unreadable: recorded as unconfirmed")
         return "unconfirmed"
+    # codings that disagree ([confirmed, refuted]): which one is meant is not known; a
+    # refutation among them is not guessed away either
+    vs = res.get("verificationStatus")
+    codes = {c.code.strip().lower() for c in _Run().codings(res, "verificationStatus", loc)
+             if c.code} if isinstance(vs, dict) else set()
+    if len(codes) > 1:
+        run.issue(f"{loc}.verificationStatus", "fhir.unreadable_status",
+                  f"verificationStatus codings disagree ({', '.join(sorted(codes))}): recorded "
+                  "as unconfirmed")
+        return "unconfirmed"
     return code
 
 
