@@ -15,6 +15,7 @@ content is patient data and error bodies end up in client logs.
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -96,10 +97,16 @@ async def http_exception_handler(request: Request, exc: Exception) -> JSONRespon
                           exc.headers)
 
 
+#: labels pydantic puts into an error's location for the member of a union it tried
+#: ("dict[str,literal['met','not_met',True]]"): a type, not a place in the request
+_UNION_MEMBER = re.compile(r"^(?:dict|list|literal|function-[a-z]+)\[.*\]$")
+
+
 def _clean_validation(errors: Sequence[Any]) -> list[Record]:
     out: list[Record] = []
     for err in errors:
-        loc = [x if isinstance(x, (str, int)) else str(x) for x in err.get("loc", ())]
+        loc = [x if isinstance(x, (str, int)) else str(x) for x in err.get("loc", ())
+               if not (isinstance(x, str) and _UNION_MEMBER.match(x))]
         out.append(record(str(err.get("type", "value_error")), loc,
                           str(err.get("msg", "invalid value"))))
     return out

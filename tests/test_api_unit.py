@@ -778,3 +778,11 @@ def test_cds_card_keeps_a_rule_files_version_inert(tmp_path: Path) -> None:
     detail = r.json()["cards"][0]["detail"]
     assert "[x](" not in detail and "<b>" not in detail, detail[:300]
     assert "&lt;b&gt;" in detail
+
+
+def test_error_locations_name_places_not_pydantic_union_members(client: TestClient) -> None:
+    r = screen(client, {"patient": PATIENT, "as_of": AS_OF,
+                        "attestations": {"inc_diagnostic_workup": "yes"}})
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert r.status_code == 422 and ["body", "attestations", "inc_diagnostic_workup"] in locs
+    assert not any("[" in str(x) for loc in locs for x in loc), locs
