@@ -441,11 +441,9 @@ def _incomplete(prep: Prepared, given: Any, where: str = "incomplete") -> None:
             prep.issue(f"{where}.{shown}", "unknown_element",
                        f"unknown section or element {shown} in {where}"
                        + (f" (did you mean {close!r}?)" if close else ""), close)
-            if close:
-                names = (close,)
-            else:
-                names = tuple(n for sec in _EVERYTHING for n in _SECTION_ELEMENTS[sec])
-                prep.unresolved.append(f"{where}.{shown} ({reason})")
+            # a guess at what it meant would narrow it ("hbv" -> hbv_dna, not hbsag): no
+            names = tuple(n for sec in _EVERYTHING for n in _SECTION_ELEMENTS[sec])
+            prep.unresolved.append(f"{where}.{shown} ({reason})")
         for n in names:
             if n not in DEMOGRAPHIC:
                 lst = prep.suspect.setdefault(n, [])
@@ -1443,6 +1441,11 @@ def _present(prep: Prepared, slot: Slot, max_age: int, ev: dict[str, Any],
                 hits.append(r)
             else:
                 doubts.append(why)
+    if hits and slot.active and any(n in prep.suspect for n in slot.element):
+        # records not received or not readable may say it ended (see the rule below)
+        doubts.append(f"{hits[0].element} ({hits[0].source}) is active, but records of it "
+                      "that were not received or cannot be read may say it ended")
+        hits = []
     if hits and slot.active:
         # another record of the same condition that ended after this one began (or was
         # recorded later, ended at a time not given): the same episode, now over, or a

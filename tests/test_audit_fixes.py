@@ -706,3 +706,22 @@ def test_a_dose_given_on_a_day_adds_nothing_inside_a_course_and_leaves_the_days_
     # after as_of: not used; a partial date: unknown
     assert days({"element": "blinatumomab", "at": "2026-12-01"})["verdict"] == "not_met"
     assert days({"element": "blinatumomab", "at": "2026-09"})["verdict"] == "unknown"
+
+
+def test_incomplete_with_an_unknown_key_is_not_narrowed_to_a_guess(screener: Screener) -> None:
+    # "hbv" is close to hbv_dna, but may mean the whole hepatitis B panel (HBsAg, anti-HBc)
+    neg = [{"element": e, "value": "negative", "date": "2026-11-15"} for e in ("hbsag", "hbcab")]
+    assert verdict(screener, {"observations": neg}, "exc_hbv")["verdict"] == "not_met"
+    p = {"observations": neg, "incomplete": {"hbv": "hepatitis B panel page 2 not sent"}}
+    assert verdict(screener, p, "exc_hbv")["verdict"] == "unknown"
+
+
+def test_an_active_record_is_doubtful_when_records_of_it_were_not_received(
+        screener: Screener) -> None:
+    # a record not sent may say it ended (see the active-vs-ended conflict rule)
+    inf = {**REVIEWED, "conditions": [{"element": "active_infection", "onset": "2026-11-10",
+                                       "clinical_status": "active"}]}
+    assert verdict(screener, inf, "exc_active_infection")["verdict"] == "met"
+    for incomplete in ({"conditions": "page 2 not sent"}, {"active_infection": "feed down"}):
+        v = verdict(screener, {**inf, "incomplete": incomplete}, "exc_active_infection")
+        assert v["verdict"] == "unknown", incomplete

@@ -86,6 +86,23 @@ def other_course(**medication: Any) -> dict[str, Any]:
             "effectivePeriod": {"start": "2026-09-01", "end": "2026-09-08"}, **medication}
 
 
+_UNDATED_ECOG = {"resourceType": "Observation", "id": "e1", "status": "final",
+                 "subject": SUBJ, "code": {"coding": [{"system": LOINC, "code": "89247-1"}]},
+                 "valueInteger": 1}
+_INNER = {"resourceType": "Observation", "id": "inner", "status": "final", "subject": SUBJ,
+          "code": {"text": "inner panel"}, "issued": "2026-01-05T00:00:00Z",
+          "hasMember": [{"reference": "Observation/e1"}]}
+_OUTER = {"resourceType": "Observation", "id": "outer", "status": "final", "subject": SUBJ,
+          "code": {"text": "outer panel"}, "effectiveDateTime": "2026-11-10",
+          "hasMember": [{"reference": "Observation/inner"}]}
+
+
+def _reports(*dates: str) -> list[dict[str, Any]]:
+    return [{"resourceType": "DiagnosticReport", "id": f"r{i}", "status": "final",
+             "subject": SUBJ, "code": {"text": "x"}, "effectiveDateTime": d,
+             "result": [{"reference": "Observation/e1"}]} for i, d in enumerate(dates)]
+
+
 CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
     # an interpretation (POS) and no value: for an antibody test, the result itself; the
     # older negative decided (not_met)
@@ -155,6 +172,15 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         for d in range(1, 10)]), T2, "exc_blinatumomab_days", "not_met"),
     "med_datetime_alone": (bundle(blin("completed", effectiveDateTime="2026-10-01")),
                            T2, "exc_blinatumomab_days", "unknown"),
+    # an undated result listed by two reports that give different times: which is it?
+    "two_report_times": (bundle(*_reports("2026-01-01", "2026-11-10"), _UNDATED_ECOG),
+                         T1, "inc_ecog", "unknown"),
+    "one_report_time": (bundle(*_reports("2026-11-10"), _UNDATED_ECOG), T1, "inc_ecog", "met"),
+    # nested panels: the outer panel's effective time reaches the member whatever the order
+    "nested_panels_inner_first": (bundle(_INNER, _OUTER, _UNDATED_ECOG), T1, "inc_ecog",
+                                  "met"),
+    "nested_panels_outer_first": (bundle(_OUTER, _INNER, _UNDATED_ECOG), T1, "inc_ecog",
+                                  "met"),
     # an active record beside a later resolved one of the same condition
     "conflicting_conditions": (bundle(
         hf(SNOMED, "84114007", id="a", clinicalStatus=ACTIVE, onsetDateTime="2020-03-01"),
@@ -181,6 +207,21 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
                             patient=None), T1, "inc_ecog", "unknown"),
     "one_subject_control": (bundle(ecog(4, "2026-11-01", "a"), ecog(1, "2026-11-10", "a"),
                                    patient=None), T1, "inc_ecog", "met"),
+    # a Patient known only by its fullUrl, and a result about Patient/a: maybe another person
+    "urn_patient_and_another_subject": ({"resourceType": "Bundle", "type": "collection",
+                                         "entry": [
+        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+         "resource": {"resourceType": "Patient", "birthDate": "1985-03-14"}},
+        {"resource": {**ecog(1, "2026-11-10", "x"), "subject": {
+            "reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}}},
+        {"resource": ecog(4, "2026-11-15", "a")}]}, T1, "inc_ecog", "unknown"),
+    # a merge with a record whose birth date differs: not read as one patient
+    "merged_but_disagreeing": ({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {**PATIENT, "link": [
+            {"other": {"reference": "Patient/p9"}, "type": "replaces"}]}},
+        {"resource": {**PATIENT, "id": "p9", "birthDate": "2015-01-01", "gender": "male"}},
+        {"resource": ecog(1, "2026-11-01", "p1")},
+        {"resource": ecog(3, "2026-11-15", "p9")}]}, T1, "inc_ecog", "unknown"),
     "linked_patient": ({"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": {**PATIENT, "link": [
             {"other": {"reference": "Patient/p2"}, "type": "replaced-by"}]}},
@@ -243,6 +284,18 @@ def test_real_laboratories_upper_limits_are_accepted(
     prep = prepare(patient, AS_OF)
     (readings,) = prep.readings.values()
     assert readings[0].uln is not None, prep.issues
+
+
+@pytest.mark.parametrize(("codes", "expected"), [
+    (["refuted", "entered-in-error"], "refuted"),     # agree that it does not count
+    (["confirmed", "refuted"], "unconfirmed"),         # disagree on whether it counts
+    (["confirmed"], "confirmed"),
+])
+def test_verification_codings(codes: list[str], expected: str) -> None:
+    c = hf(SNOMED, "84114007", clinicalStatus=ACTIVE, onsetDateTime="2021-03-01",
+           verificationStatus={"coding": [{"code": x} for x in codes]})
+    patient, _ = bundle_to_patient(bundle(c))
+    assert patient["conditions"][0]["verification_status"] == expected
 
 
 def test_a_deceased_patient_is_said_to_be() -> None:

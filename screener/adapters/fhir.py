@@ -1238,6 +1238,14 @@ def _own_times(res: JsonDict) -> _Times:
     return d, stated, silent.date(res, "issued", "")
 
 
+#: the times of a result two reports or panels give differently: stated, and unreadable
+_CONFLICTING: _Times = (None, True, None)
+
+
+def _doubt_times(t: _Times) -> bool:
+    return t is _CONFLICTING
+
+
 def _passed_down(own: _Times, inherited: _Times | None) -> _Times:
     """What a report or panel passes to the results it lists: the nearest effective time
     stated (its own, else what it inherited; unreadable stays unreadable), and the nearest
@@ -1277,6 +1285,11 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
         stack = [(first, times)]
         while stack:
             r, inherited = stack.pop()
+            had = run.inherited.get(id(r.res))
+            if had is not None and had != inherited and not _doubt_times(had):
+                # listed by two reports (or versions of one) that give different times:
+                # which is its time is not known
+                run.inherited[id(r.res)] = _CONFLICTING
             if id(r.res) in seen:
                 continue  # hasMember cycles exist in the wild
             seen.add(id(r.res))
@@ -1306,9 +1319,16 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
             obs = resolve(ref, container)
             if obs is not None:
                 push(obs, times, seen)
-    for r in found:
-        if r.rtype == "Observation" and isinstance(r.res.get("hasMember"), list) and \
-                id(r.res) not in seen:
+    # panels that no other panel lists first (their times pass through nested panels), then
+    # the rest (cycles), whatever the order of the input
+    listed = {id(c.res) for r in found if r.rtype == "Observation" and
+              isinstance(r.res.get("hasMember"), list)
+              for m in r.res["hasMember"] if (c := resolve(m, r.container)) is not None}
+    panels = sorted((r for r in found if r.rtype == "Observation" and
+                     isinstance(r.res.get("hasMember"), list)),
+                    key=lambda r: id(r.res) in listed)
+    for r in panels:
+        if id(r.res) not in seen:
             # a panel that no report lists: its members inherit its times
             down = _passed_down(_own_times(r.res), None)
             if down == (None, False, None):
@@ -1478,6 +1498,11 @@ def _obs_date_status(run: _Run, r: _Res) -> tuple[str | None, str | None]:
                   "Observation effective[x] cannot be read (see fhir.bad_date), so when it was "
                   "taken is not known: not dated by issued or by its report; passed on "
                   "undated, so it is unusable")
+    elif date is None and inherited is not None and _doubt_times(inherited):
+        run.issue(loc, "fhir.missing_date",
+                  "Observation without its own effective time, listed by reports or panels "
+                  "(or versions of one) that give it different times: when it was taken is "
+                  "not known; passed on undated, so it is unusable")
     elif date is None and inherited is not None and inherited[1]:
         run.issue(loc, "fhir.missing_date",
                   "Observation without its own effective time, listed by a report or panel "
@@ -1601,6 +1626,8 @@ def _verification(run: _Run, res: JsonDict, loc: str) -> str | None:
     vs = res.get("verificationStatus")
     codes = {c.code.strip().lower() for c in _Run().codings(res, "verificationStatus", loc)
              if c.code} if isinstance(vs, dict) else set()
+    if len(codes) > 1 and codes <= {"refuted", "entered-in-error"}:
+        return "refuted"   # they disagree on why, not on whether it counts: it does not
     if len(codes) > 1:
         run.issue(f"{loc}.verificationStatus", "fhir.unreadable_status",
                   f"verificationStatus codings disagree ({', '.join(sorted(codes))}): recorded "
@@ -2064,7 +2091,7 @@ def _screened(patients: list[_Res], patient_id: str | None) -> tuple[_Res | None
 _LINK_TYPES = ("replaced-by", "replaces", "refer", "seealso")
 
 
-def _linked_records(run: _Run, r: _Res) -> set[str]:
+def _linked_records(run: _Run, r: _Res, patients: list[_Res]) -> set[str]:
     """The screened Patient's links to other Patient records. `replaced-by` / `refer`: this
     record is obsolete or not the one that holds the data, so results filed under the other
     are not read here (a newer ECOG there would not be seen): every section is incomplete.
@@ -2080,7 +2107,13 @@ def _linked_records(run: _Run, r: _Res) -> set[str]:
         if target is not None and not target.startswith("Patient/"):
             continue    # a RelatedPerson: another person
         where = f"{r.loc}.link[{k}]"
-        if kind in ("replaces", "seealso") and target is not None:
+        linked = [x for x in patients if f"Patient/{x.res.get('id')}" == target]
+        disagree = [f for f in ("birthDate", "gender") for x in linked
+                    if x.res.get(f) is not None and r.res.get(f) is not None and
+                    x.res.get(f) != r.res.get(f)]
+        if kind in ("replaces", "seealso") and target is not None and disagree:
+            kind = f"{kind} (the records disagree on {', '.join(sorted(set(disagree)))})"
+        elif kind in ("replaces", "seealso") and target is not None:
             same.add(target)
             run.issue(where, "fhir.linked_patient", f"the screened Patient {kind} "
                       f"{cut(target, 60)}: resources about that record are read as this "
@@ -2140,16 +2173,16 @@ def _build(run: _Run, found: list[_Res], patient_id: str | None = None) -> JsonD
     # that is not the screened Patient's fullUrl cannot be shown to be this patient.
     id_known = any(k.startswith("Patient/") for k in own)
     if first is not None:
-        own |= _linked_records(run, first)
+        own |= _linked_records(run, first, patients)
     mixed: set[str] = set()
     if not id_known:
         # no Patient id says whose data this is: resources about two patients cannot be told
         # apart from one patient's (ECOG 4 of one and ECOG 1 of another: the newest decided)
-        subjects = sorted({k for r in found if r.rtype in _HANDLERS and
-                           (k := _subject_key(r)) is not None and k.startswith("Patient/")
-                           and k not in others})
+        keys = {k for r in found if r.rtype in _HANDLERS and
+                (k := _subject_key(r)) is not None and k not in others}
+        subjects = sorted(keys - own) + (["the screened Patient"] if keys & own else [])
         if len(subjects) > 1:
-            mixed = set(subjects)
+            mixed = keys - own
             run.issue("$", "fhir.several_subjects",
                       f"resources about {len(subjects)} different patients "
                       f"({', '.join(cut(x, 60) for x in subjects[:3])}"
