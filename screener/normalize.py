@@ -421,14 +421,12 @@ def _incomplete(prep: Prepared, given: Any, where: str = "incomplete") -> None:
                        "read as 'data not received'")
         reason = (f"data not received: {cut(why, 200)}" if isinstance(why, str) and why.strip()
                   else "data not received")
-        if key == "observations":
-            names: tuple[str, ...] = tuple(sorted(_OBSERVED))
-        elif key == "exposures":
-            names = _EXPOSED
-        elif key == "conditions":
-            # a record not sent may be what a review-based absence would miss
-            prep.unresolved.append(f"{where}.conditions ({reason})")
-            names = _CONDITIONS
+        names: tuple[str, ...]
+        if key in _SECTION_ELEMENTS:
+            names = _SECTION_ELEMENTS[key]
+            if key == "conditions":
+                # a record not sent may be what a review-based absence would miss
+                prep.unresolved.append(f"{where}.conditions ({reason})")
         elif isinstance(key, str) and key in DEMOGRAPHIC:
             prep.issue(f"{where}.{shown}", "value", f"{shown} is given or not (birth date, "
                        "sex): it cannot be incomplete; ignored")

@@ -97,6 +97,12 @@ _OUTER = {"resourceType": "Observation", "id": "outer", "status": "final", "subj
           "hasMember": [{"reference": "Observation/inner"}]}
 
 
+def _linked(kind: str, other: str, *resources: Any) -> dict[str, Any]:
+    """The screened Patient with one link (`kind` to `other`), then `resources`."""
+    patient = {**PATIENT, "link": [{"other": {"reference": other}, "type": kind}]}
+    return bundle(*resources, patient=patient)
+
+
 def _reports(*dates: str) -> list[dict[str, Any]]:
     return [{"resourceType": "DiagnosticReport", "id": f"r{i}", "status": "final",
              "subject": SUBJ, "code": {"text": "x"}, "effectiveDateTime": d,
@@ -216,27 +222,19 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
             "reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}}},
         {"resource": ecog(4, "2026-11-15", "a")}]}, T1, "inc_ecog", "unknown"),
     # a merge with a record whose birth date differs: not read as one patient
-    "merged_but_disagreeing": ({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {**PATIENT, "link": [
-            {"other": {"reference": "Patient/p9"}, "type": "replaces"}]}},
-        {"resource": {**PATIENT, "id": "p9", "birthDate": "2015-01-01", "gender": "male"}},
-        {"resource": ecog(1, "2026-11-01", "p1")},
-        {"resource": ecog(3, "2026-11-15", "p9")}]}, T1, "inc_ecog", "unknown"),
-    "linked_patient": ({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {**PATIENT, "link": [
-            {"other": {"reference": "Patient/p2"}, "type": "replaced-by"}]}},
-        {"resource": ecog(1, "2026-11-01", "p1")}]}, T1, "inc_ecog", "unknown"),
+    "merged_but_disagreeing": (_linked("replaces", "Patient/p9",
+                                       {**PATIENT, "id": "p9", "birthDate": "2015-01-01",
+                                        "gender": "male"},
+                                       ecog(1, "2026-11-01", "p1"),
+                                       ecog(3, "2026-11-15", "p9")), T1, "inc_ecog", "unknown"),
+    "linked_patient": (_linked("replaced-by", "Patient/p2", ecog(1, "2026-11-01", "p1")),
+                       T1, "inc_ecog", "unknown"),
     # the surviving record of a merge: the replaced record's results are this patient's (the
     # newer ECOG 3 there decides)
-    "merged_patient": ({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {**PATIENT, "link": [
-            {"other": {"reference": "Patient/p0"}, "type": "replaces"}]}},
-        {"resource": ecog(1, "2026-11-01", "p1")},
-        {"resource": ecog(3, "2026-11-15", "p0")}]}, T1, "inc_ecog", "not_met"),
-    "link_to_a_related_person": ({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {**PATIENT, "link": [
-            {"other": {"reference": "RelatedPerson/r1"}, "type": "seealso"}]}},
-        {"resource": ecog(1, "2026-11-01", "p1")}]}, T1, "inc_ecog", "met"),
+    "merged_patient": (_linked("replaces", "Patient/p0", ecog(1, "2026-11-01", "p1"),
+                               ecog(3, "2026-11-15", "p0")), T1, "inc_ecog", "not_met"),
+    "link_to_a_related_person": (_linked("seealso", "RelatedPerson/r1",
+                                         ecog(1, "2026-11-01", "p1")), T1, "inc_ecog", "met"),
 }
 
 

@@ -323,8 +323,6 @@ class _Run:
     #: the screened Patient's sex and birth date (reference range applicability)
     sex: str | None = None
     birth: str | None = None
-    #: why each visibly incomplete searchset (by loc) is incomplete
-    partial: dict[str, str] = field(default_factory=dict)
     #: canonical `incomplete` keys (sections, elements) -> why: what may not have been sent
     incomplete: dict[str, list[str]] = field(default_factory=dict)
 
@@ -576,7 +574,6 @@ def _collect(run: _Run, doc: object, loc: str, full_url: str | None, depth: int,
             # More results exist than were sent: a newer result, a pregnancy or more days of
             # therapy may be among them, whether or not this page shows that element at all,
             # so everything a search of these types may hold is unknown (`incomplete`).
-            run.partial[loc] = why
             keys = sorted({k for t in _searched_types(doc) for k in supplied_by(t)})
             for key in keys:
                 run.incomplete.setdefault(key, []).append(f"search result {loc} is incomplete "
@@ -1242,10 +1239,6 @@ def _own_times(res: JsonDict) -> _Times:
 _CONFLICTING: _Times = (None, True, None)
 
 
-def _doubt_times(t: _Times) -> bool:
-    return t is _CONFLICTING
-
-
 def _passed_down(own: _Times, inherited: _Times | None) -> _Times:
     """What a report or panel passes to the results it lists: the nearest effective time
     stated (its own, else what it inherited; unreadable stays unreadable), and the nearest
@@ -1286,7 +1279,7 @@ def _inherit_dates(run: _Run, found: list[_Res]) -> None:
         while stack:
             r, inherited = stack.pop()
             had = run.inherited.get(id(r.res))
-            if had is not None and had != inherited and not _doubt_times(had):
+            if had is not None and had != inherited and had is not _CONFLICTING:
                 # listed by two reports (or versions of one) that give different times:
                 # which is its time is not known
                 run.inherited[id(r.res)] = _CONFLICTING
@@ -1489,16 +1482,16 @@ def _obs_date_status(run: _Run, r: _Res) -> tuple[str | None, str | None]:
     result in doubt (`_Run.doubtful`), becomes "unknown": read as absent it would count as final,
     and it may have said entered-in-error."""
     res, loc = r.res, r.loc
-    own, inherited = _own_times(res), run.inherited.get(id(res))
-    if not _effective(run, res, loc)[1]:   # (read again to report what cannot be read)
-        run.date(res, "issued", loc)
+    d, stated = _effective(run, res, loc)   # (read here with issues reported)
+    own: _Times = (d, stated, None if stated else run.date(res, "issued", loc))
+    inherited = run.inherited.get(id(res))
     date = _date_of(own, inherited)
     if date is None and own[1]:
         run.issue(loc, "fhir.missing_date",
                   "Observation effective[x] cannot be read (see fhir.bad_date), so when it was "
                   "taken is not known: not dated by issued or by its report; passed on "
                   "undated, so it is unusable")
-    elif date is None and inherited is not None and _doubt_times(inherited):
+    elif date is None and inherited is not None and inherited is _CONFLICTING:
         run.issue(loc, "fhir.missing_date",
                   "Observation without its own effective time, listed by reports or panels "
                   "(or versions of one) that give it different times: when it was taken is "
